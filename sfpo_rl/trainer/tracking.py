@@ -1,0 +1,176 @@
+"""Metric sinks: a JSONL file in the run directory (always), plus console, tensorboard, wandb, mlflow by config.
+
+`trainer.logger=[console,tensorboard]` picks the sinks. The JSONL file is the record of truth: one line per
+step, appended and flushed, so a killed run keeps every step it finished and a resumed run continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+KNOWN_LOGGERS = ("console", "tensorboard", "wandb", "mlflow")
+
+
+def _plain(value: Any) -> float | int | str | None:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; a missing value is honest
+    return value
+
+
+class JsonlSink:
+    def __init__(self, path: Path, resume_from_step: int | None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_from_step is not None and path.exists():
+            # Drop lines of steps after the checkpoint we resume from: they will be recomputed.
+            kept = [line for line in path.read_text().splitlines() if _line_step(line) <= resume_from_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._file = path.open("a")
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # an unreadable (half-written) line is dropped on resume
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class ConsoleSink:
+    """Prints one compact line per step with the numbers people watch."""
+
+    KEYS = (
+        ("reward/mean", "reward"),
+        ("reward/acc", "acc"),
+        ("val/acc", "val_acc"),
+        ("actor/pg_loss", "loss"),
+        ("actor/entropy", "ent"),
+        ("sfpo/active", "sfpo"),
+        ("timing/step", "sec"),
+    )
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        parts = [f"step {step}"]
+        for key, short in self.KEYS:
+            if key in metrics and metrics[key] is not None:
+                v = _plain(metrics[key])
+                parts.append(f"{short}={v:.4g}" if isinstance(v, float) else f"{short}={v}")
+        print(" | ".join(parts), flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class TensorboardSink:
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        for k, v in metrics.items():
+            v = _plain(v)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    def __init__(self, project: str, name: str, config: dict, run_dir: Path):
+        import wandb
+
+        self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), resume="allow")
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.run.log({k: _plain(v) for k, v in metrics.items()}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MlflowSink:
+    def __init__(self, experiment: str, name: str, config: dict):
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_experiment(experiment)
+        mlflow.start_run(run_name=name)
+        mlflow.log_params({k: str(v)[:250] for k, v in _flatten(config).items()})
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        values = {k.replace("@", "_at_"): _plain(v) for k, v in metrics.items()}
+        self.mlflow.log_metrics({k: v for k, v in values.items() if isinstance(v, int | float)}, step=step)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """Fans each step's metrics out to the JSONL file and the configured sinks."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        loggers: Sequence[str],
+        *,
+        project: str = "sfpo_rl",
+        experiment: str = "run",
+        config: dict | None = None,
+        resume_from_step: int | None = None,
+    ):
+        unknown = [name for name in loggers if name not in KNOWN_LOGGERS]
+        if unknown:
+            raise ValueError(
+                f"trainer.logger: unknown logger(s) {unknown}; choose from {list(KNOWN_LOGGERS)}"
+            )
+        run_dir = Path(run_dir)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.sinks: list[Any] = [JsonlSink(self.metrics_path, resume_from_step)]
+        for name in loggers:
+            if name == "console":
+                self.sinks.append(ConsoleSink())
+            elif name == "tensorboard":
+                self.sinks.append(TensorboardSink(run_dir / "tensorboard"))
+            elif name == "wandb":
+                self.sinks.append(WandbSink(project, experiment, config or {}, run_dir))
+            elif name == "mlflow":
+                self.sinks.append(MlflowSink(project, experiment, config or {}))
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        for sink in self.sinks:
+            sink.log(metrics, step)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
