@@ -207,6 +207,7 @@ class VLLMRollout:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        self._failed_load: str | None = None  # set when a load_weights fails part-way
         self._sleep_enabled = config.free_cache_engine and torch.cuda.is_available()
         if config.free_cache_engine and not self._sleep_enabled:
             logger.info("rollout.free_cache_engine: sleep mode needs a GPU; sleep/wake_up are no-ops here")
@@ -245,6 +246,7 @@ class VLLMRollout:
         (text, tokenized without special tokens). `validate=True` starts from the val_* options instead of the
         training ones. `sampling_overrides` may set any of SAMPLING_OVERRIDES for this call.
         """
+        self._check_weights_intact()
         params, n, temperature = self._sampling_params(n, validate, sampling_overrides)
         prompt_ids = self._prompt_token_ids(batch)
         start = time.perf_counter()
@@ -375,14 +377,19 @@ class VLLMRollout:
         # The in-process worker takes the stream as is; worker processes (tensor parallel) need a picklable list.
         weights = iter(counter) if self.config.tensor_parallel_size == 1 else list(counter)
         start = time.perf_counter()
+        self._check_weights_intact()
         try:
             # Through the worker's reload_weights: calling model.load_weights directly fails on the CPU build
             # (post-processed parameters lose their weight loaders).
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        except (KeyError, ValueError, RuntimeError, AssertionError) as exc:
+        except Exception as exc:
+            # vLLM has already moved layers to its reload state and cannot roll back; modules it caches per
+            # process (rotary embeddings) are left on the meta device too: only a new process recovers.
+            detail = f"{type(exc).__name__}: {exc}"
+            self._failed_load = detail if len(detail) <= 600 else detail[:600] + " ..."
             raise RuntimeError(
-                f"rollout.load_weights: vLLM rejected the weights ({type(exc).__name__}: {exc}); names must be "
-                "the HF checkpoint names (e.g. 'model.layers.0.self_attn.q_proj.weight') with matching shapes"
+                f"rollout.load_weights: vLLM rejected the weights ({self._failed_load}); names must be the HF "
+                "checkpoint names (e.g. 'model.layers.0.self_attn.q_proj.weight') with the checkpoint's shapes"
             ) from exc
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         elapsed = time.perf_counter() - start
@@ -395,6 +402,13 @@ class VLLMRollout:
         }
         logger.info("rollout: loaded %.1f MB of weights in %.3f s", megabytes, elapsed)
         return stats
+
+    def _check_weights_intact(self) -> None:
+        if self._failed_load is not None:
+            raise RuntimeError(
+                "rollout: the engine's weights are undefined after a failed load_weights "
+                f"({self._failed_load}); vLLM cannot recover in place, restart the rollout worker process"
+            )
 
     def sleep(self) -> None:
         """Release GPU memory (KV cache; weights too at sleep_level 2) while the colocated actor trains."""

@@ -9,7 +9,7 @@ import ray
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-from sfpo_rl.controller import RayWorkerGroup, ResourcePool, init_ray
+from sfpo_rl.controller import RayWorkerGroup, ResourcePool, WorkerError, init_ray
 from sfpo_rl.protocol import Batch
 from sfpo_rl.tiny.model import build_model
 from sfpo_rl.workers.rollout import RolloutConfig, RolloutWorker, VLLMRollout
@@ -318,3 +318,13 @@ def test_worker_group_generates_split_batch_and_syncs_weights(rollout_group, tin
     rollout_group.wake_up()
     again = rollout_group.generate(prompt_batch(texts), n=1, temperature=0.0)
     assert torch.equal(again["responses"], greedy["responses"])
+
+
+def test_failed_load_weights_reaches_the_driver_and_blocks_the_engine(rollout_group):
+    # Last test on the group: vLLM cannot undo a half-done reload (its rotary caches are shared per process).
+    with pytest.raises(WorkerError, match=r"rollout worker rank \d .*no module or parameter named 'foo'"):
+        rollout_group.load_weights({"model.foo.weight": torch.zeros(3)})
+    with pytest.raises(
+        WorkerError, match="undefined after a failed load_weights.*restart the rollout worker"
+    ):
+        rollout_group.generate(prompt_batch())
