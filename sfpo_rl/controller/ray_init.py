@@ -50,6 +50,11 @@ def init_ray(
     `env_vars` are added to `DEFAULT_WORKER_ENV` (yours win) in the job's runtime_env, so every worker
     process inherits them. Extra keyword arguments go to `ray.init` unchanged.
     """
+    if address is not None and (num_cpus is not None or num_gpus is not None):
+        raise ValueError(
+            f"init_ray(address={address!r}): num_cpus/num_gpus describe a local Ray instance; "
+            "an existing cluster advertises its own resources"
+        )
     if ray.is_initialized():
         return
     runtime_env = dict(ray_kwargs.pop("runtime_env", None) or {})
@@ -59,11 +64,6 @@ def init_ray(
         namespace=namespace, runtime_env=runtime_env, logging_level=logging_level, **ray_kwargs
     )
     if address is not None:
-        if num_cpus is not None or num_gpus is not None:
-            raise ValueError(
-                f"init_ray(address={address!r}): num_cpus/num_gpus describe a local Ray instance; "
-                "an existing cluster advertises its own resources"
-            )
         ray.init(address=address, **common)
         return
     local = dict(

@@ -49,6 +49,7 @@ class ResourcePool:
         self.gpus_per_bundle = gpus_per_bundle if use_gpu else 0
         self.name = name
         self.strategy = strategy
+        self.hosted_by: str | None = None  # the worker group living in this pool (one per pool)
         bundle = {"CPU": cpus_per_bundle, **({"GPU": gpus_per_bundle} if use_gpu else {})}
         self.bundle = bundle
         ensure_ray()

@@ -15,6 +15,7 @@ import traceback
 from datetime import timedelta
 from typing import Any
 
+import ray
 import torch
 import torch.distributed as dist
 
@@ -115,8 +116,6 @@ class WorkerHost:
 
     def node_info(self) -> dict[str, Any]:
         """Where this rank runs, and a port that is free on its node (rank 0's becomes MASTER_PORT)."""
-        import ray
-
         with socket.socket() as s:
             s.bind(("", 0))
             free_port = s.getsockname()[1]

@@ -106,10 +106,9 @@ class Future:
         return self.refs[0]
 
     def _worker_error(self, rank: int, err: RayError) -> WorkerError:
+        # Raised by the worker itself, or by the upstream worker whose result was passed in as an argument.
         if isinstance(err, RayTaskError) and isinstance(err.cause, WorkerError):
-            return (
-                err.cause
-            )  # raised by the worker (or by the worker whose result was passed in as an argument)
+            return err.cause
         where = WorkerError.where(self._role, rank, self._worker_class, self._method)
         info = self._hosts.infos[rank] if rank < len(self._hosts.infos) else {}
         process = f"pid {info['pid']} on {info['ip']}" if info else "its process"
@@ -121,7 +120,7 @@ class Future:
             cause = getattr(err.cause, "client_exc", err.cause)  # RaySystemError wraps the real one
             message = (
                 f"{where} failed outside the method, passing arguments or results: {type(cause).__name__}: "
-                f"{cause} (worker classes and arguments must be importable/unpicklable in the worker process)"
+                f"{cause} (worker classes and arguments must be importable and unpicklable in the worker process)"
             )
         else:
             message = f"{where} failed in Ray: {type(err).__name__}: {str(err).splitlines()[0]}"
@@ -142,8 +141,15 @@ class _Hosts:
     """The Ray actors of one pool (one per rank) and the roles they host; shared by colocated groups."""
 
     def __init__(self, pool: ResourcePool, roles: dict[str, RoleSpec]):
-        self.pool = pool
         self.label = "+".join(roles)
+        bundles = pool.bundles()
+        if pool.hosted_by is not None:
+            raise ValueError(
+                f"{pool!r} already hosts the '{pool.hosted_by}' group; give each group its own pool, or put "
+                "several roles in one pool with RayWorkerGroup.colocated"
+            )
+        pool.hosted_by = self.label
+        self.pool = pool
         self.class_names = "+".join(spec[0].__name__ for spec in roles.values())
         self.alive = True
         host_cls = ray.remote(type(re.sub(r"\W", "_", f"{self.label}_host"), (WorkerHost,), {}))
@@ -153,7 +159,7 @@ class _Hosts:
                 num_gpus=pool.gpus_per_bundle,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
             ).remote()
-            for pg, i in pool.bundles()
+            for pg, i in bundles
         ]
         self.infos: list[dict[str, Any]] = []
         try:

@@ -12,7 +12,16 @@ import ray
 import torch
 import torch.distributed as dist
 
-from sfpo_rl.controller import Dispatch, RayWorkerGroup, ResourcePool, Worker, WorkerError, init_ray, register
+from sfpo_rl.controller import (
+    Dispatch,
+    RayWorkerGroup,
+    ResourcePool,
+    ResourcePoolError,
+    Worker,
+    WorkerError,
+    init_ray,
+    register,
+)
 from sfpo_rl.protocol import Batch
 
 pytestmark = pytest.mark.slow
@@ -56,8 +65,16 @@ class TagWorker(Worker):
 
     @register(dispatch=Dispatch.ALL)
     def env(self) -> dict[str, str]:
-        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SFPO_ROLE")
-        return {k: os.environ[k] for k in keys}
+        keys = (
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "SFPO_ROLE",
+            "SFPO_TEST_MARKER",
+        )
+        return {k: os.environ.get(k) for k in keys}
 
     @register(dispatch=Dispatch.ALL)
     def length(self, batch: Batch, scale: int = 1) -> int:
@@ -116,7 +133,7 @@ class FailingInit(Worker):
 @pytest.fixture(scope="module")
 def ray_local():
     started = not ray.is_initialized()
-    init_ray(num_cpus=8)
+    init_ray(num_cpus=8, env_vars={"SFPO_TEST_MARKER": "from-init-ray"})
     yield
     if started:
         ray.shutdown()
@@ -138,6 +155,17 @@ def colocated(ray_local):
     )
     yield groups
     groups["actor"].shutdown()
+
+
+def _wait_until_dead(handle, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.node_info.remote(), timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"actor {handle} still answers {timeout_s} s after it was killed")
 
 
 def _rows(n: int) -> Batch:
@@ -180,6 +208,9 @@ def test_rank_environment(trio):
     assert {(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs} == {(trio.master_addr, str(trio.master_port))}
     assert trio.master_addr == "127.0.0.1"  # the local default keeps Ray on loopback
     assert {e["SFPO_ROLE"] for e in envs} == {"actor"}
+    assert {e["SFPO_TEST_MARKER"] for e in envs} == {
+        "from-init-ray"
+    }  # init_ray's runtime_env reached the workers
 
 
 def test_futures_overlap_across_groups(trio, colocated):
@@ -202,6 +233,11 @@ def test_objectref_arguments(trio):
     # a future's rank-0 result handed to the next call without passing through the driver
     first = trio.tag.future(_rows(4))
     assert trio.length(first.rank0_ref()) == [2, 2, 2]
+    # a failed upstream result passed on as a ref: the error names the worker that actually failed
+    failed = trio.fail_on.future([0])
+    with pytest.raises(WorkerError) as info:
+        trio.length(failed.rank0_ref())
+    assert (info.value.rank, info.value.method) == (0, "fail_on")
     # a Future argument stands for its collected value
     assert trio.length(trio.tag.future(_rows(6))) == [6, 6, 6]
 
@@ -233,6 +269,7 @@ def test_dead_workers_give_a_clear_error(ray_local):
             group.exit_on(1)
         assert info.value.rank == 1
         ray.kill(group.actor_handles[0])
+        _wait_until_dead(group.actor_handles[0])  # ray.kill is asynchronous
         with pytest.raises(
             WorkerError, match=r"^reward worker rank 0 \(TagWorker\.count_call_rank0\) .* died.*ray\.kill"
         ):
@@ -281,7 +318,22 @@ def test_shutdown_kills_actors_and_removes_placement_groups(ray_local):
     table = ray.util.placement_group_table()
     assert {table[i]["state"] for i in pg_ids} == {"REMOVED"}
     for handle in handles:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(handle.node_info.remote(), timeout=30)
+        _wait_until_dead(handle)
     with pytest.raises(WorkerError, match="reward worker group was shut down"):
         group.whoami()
+    with pytest.raises(ResourcePoolError, match="'short_lived' was removed"):
+        RayWorkerGroup(pool, TagWorker, "reward")
+
+
+def test_a_pool_hosts_one_group(trio):
+    with pytest.raises(ValueError, match="already hosts the 'actor' group"):
+        RayWorkerGroup(trio.pool, TagWorker, "critic")
+
+
+def test_init_ray_is_idempotent_and_checks_its_arguments(ray_local):
+    node = ray.get_runtime_context().get_node_id()
+    init_ray(num_cpus=2)  # already running: no second instance, resources unchanged
+    assert ray.get_runtime_context().get_node_id() == node
+    assert ray.cluster_resources()["CPU"] == 8
+    with pytest.raises(ValueError, match="num_cpus/num_gpus describe a local Ray instance"):
+        init_ray(address="auto", num_cpus=2)
