@@ -1,0 +1,443 @@
+"""The FSDP2 policy actor: log-probs, ordinary PPO-clip updates, shard-local SFPO updates, checkpoints.
+
+`FSDPActor` is usable without Ray inside any initialised torch.distributed process group (one object per rank,
+each called with its own rows); `ActorWorker` is its thin Ray shell.
+
+Batches: every rank gets a contiguous chunk of the global batch (the worker group's DP_SPLIT). A mini-batch is
+`ppo_mini_batch_size / world_size` consecutive rows of each rank's chunk, so global mini-batch j is the union of
+the ranks' j-th local mini-batches (with `shuffle_mini_batches`, of their j-th local permuted mini-batches).
+
+Loss scale: the loss of a micro-batch is its share of the whole mini-batch loss (normalised by the mini-batch's
+GLOBAL token or sequence count, summed over ranks with all_reduce) times world_size, because FSDP averages
+gradients over ranks. So the accumulated gradient equals that of one full-mini-batch loss in one process,
+whatever the micro-batch sizes and however tokens fall across ranks.
+
+SFPO (DESIGN.md): the slow copy is a snapshot of this rank's local shards only (optionally in host memory), the
+fast trajectory runs the ordinary update loop K times in place, and the reposition is in place on the local
+shards, so no full parameter is ever gathered and no second copy of the fast weights exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from sfpo_rl.algorithms.kl import kl_penalty
+from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
+from sfpo_rl.algorithms.policy_loss import agg_loss, ppo_clip_loss
+from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, snapshot_
+from sfpo_rl.controller import Dispatch, Worker, register
+from sfpo_rl.protocol import Batch
+from sfpo_rl.workers import checkpoint
+from sfpo_rl.workers.actor_config import ActorConfig
+from sfpo_rl.workers.fsdp_utils import (
+    DTYPES,
+    all_reduce_sum,
+    default_device,
+    local_shards,
+    shard_model,
+)
+from sfpo_rl.workers.optim import build_optimizer, build_scheduler
+
+__all__ = ["ActorConfig", "ActorWorker", "FSDPActor"]
+
+logger = logging.getLogger(__name__)
+
+FORWARD_KEYS = ("input_ids", "attention_mask", "responses")
+UPDATE_KEYS = (*FORWARD_KEYS, "response_mask", "old_log_probs", "advantages")
+
+# Per-pass sums reduced over ranks in one all_reduce: loss terms (already global-normalised partial sums),
+# token-weighted sums of the loss function's token-mean diagnostics, and the token count that weights them.
+_SUM_KEYS = ("pg_loss", "kl_loss", "entropy", "clipfrac", "approx_kl", "ratio_mean", "tokens")
+
+
+class FSDPActor:
+    """One rank of the actor. Every public method is collective: all ranks call it, each with its own rows."""
+
+    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "FSDPActor needs an initialised torch.distributed process group (dist.init_process_group, "
+                "or ActorWorker inside a RayWorkerGroup)"
+            )
+        self.config = cfg = ActorConfig.from_any(config)
+        self.model_path = Path(model_path)
+        if not (self.model_path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"actor model path {self.model_path} is not an HF model directory (no config.json)"
+            )
+        self.device = default_device()
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if cfg.ppo_mini_batch_size % self.world_size:
+            raise ValueError(
+                f"actor.ppo_mini_batch_size={cfg.ppo_mini_batch_size} must be a multiple of the number of actor "
+                f"ranks ({self.world_size}): each rank takes an equal share of every mini-batch"
+            )
+
+        hf_config = AutoConfig.from_pretrained(self.model_path)
+        self.export_dtype = getattr(hf_config, "dtype", None) or torch.float32
+        self.tied_lm_head = bool(getattr(hf_config, "tie_word_embeddings", False))
+        # The log-prob pass and the update pass must compute the same function (ratio = 1 at the start).
+        for name, value in vars(hf_config).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(hf_config, name, 0.0)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, config=hf_config, dtype=torch.float32)
+        model.config.use_cache = False
+        if cfg.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        param_dtype = DTYPES["bfloat16" if self.device.type == "cuda" else "float32"]
+        if cfg.param_dtype != "auto":
+            param_dtype = DTYPES[cfg.param_dtype]
+        reduce_dtype = DTYPES[cfg.reduce_dtype]
+        mp_policy = None
+        if (param_dtype, reduce_dtype) != (torch.float32, torch.float32):
+            mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+        shard_model(model, self.device, mp_policy)
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+        self.optimizer = build_optimizer(
+            model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            schedule=cfg.lr_schedule,
+            warmup_steps=cfg.resolved_warmup_steps,
+            total_steps=cfg.total_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def _forward(
+        self, micro: Batch, temperature: float, entropy_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies [b, R] of the response tokens under logits / temperature.
+
+        Columns that are padding in every row of the micro-batch are cut before the forward: leading prompt
+        padding (real tokens never attend to it and positions come from position_ids) and trailing response
+        padding (its outputs are masked everywhere). The cut positions come back as 0.
+        """
+        input_ids, attention_mask, responses = (micro[k] for k in FORWARD_KEYS)
+        position_ids = micro["position_ids"] if "position_ids" in micro else _position_ids(attention_mask)
+        resp_len = responses.shape[1]
+        prompt_len = input_ids.shape[1] - resp_len
+        real = attention_mask.any(dim=0).nonzero().flatten()
+        # Keep at least the last prompt column (it predicts the first response token) and one response column.
+        start = min(int(real[0]), prompt_len - 1) if len(real) else prompt_len - 1
+        end = max(int(real[-1]) + 1, prompt_len + 1) if len(real) else prompt_len + 1
+        kept = end - prompt_len
+        logits = self.model(
+            input_ids=input_ids[:, start:end],
+            attention_mask=attention_mask[:, start:end],
+            position_ids=position_ids[:, start:end],
+            use_cache=False,
+            logits_to_keep=kept + 1,  # position t predicts token t + 1: prompt_len-1 .. end-2 are needed
+        ).logits[:, :-1]
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        log_probs = log_probs_from_logits(logits, responses[:, :kept])
+        if entropy_grad:
+            entropy = entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits.detach())
+        pad = (0, resp_len - kept)
+        return F.pad(log_probs, pad), F.pad(entropy, pad)
+
+    def _dummy_forward(self) -> None:
+        """A one-token forward that takes part in FSDP's collectives for a rank with fewer micro-batches."""
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    @staticmethod
+    def _temperature(batch: Batch) -> float:
+        temperature = float(batch.meta.get("temperature", 1.0))
+        if not temperature > 0:
+            raise ValueError(f"batch.meta['temperature'] must be > 0, got {temperature}")
+        return temperature
+
+    # ------------------------------------------------------------------ log-probs
+    @torch.no_grad()
+    def compute_log_prob(self, batch: Batch) -> Batch:
+        """`old_log_probs` and `entropy` [B, R] of this rank's rows (0 beyond each micro-batch's last token)."""
+        temperature = self._temperature(batch)
+        columns = [k for k in (*FORWARD_KEYS, "position_ids") if k in batch.tensors]
+        data = batch.select(keys=columns, non_tensor_keys=[]).to(self.device)
+        micro_batches = data.split_by_size(self.config.log_prob_micro_batch_size) if len(data) else []
+        # Every rank must run as many forwards as the busiest one (each forward all-gathers parameters).
+        counts = torch.tensor([len(micro_batches)], device=self.device)
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        self.model.eval()
+        log_probs, entropies = [], []
+        for i in range(int(counts.item())):
+            if i < len(micro_batches):
+                lp, ent = self._forward(micro_batches[i], temperature, entropy_grad=False)
+                log_probs.append(lp)
+                entropies.append(ent)
+            else:
+                self._dummy_forward()
+        # Without a backward the root module keeps its gathered parameters; free them (and never let a later
+        # in-place change of the shards meet a stale gathered copy).
+        self.model.reshard()
+        resp_len = batch["responses"].shape[1]
+        empty = torch.zeros(0, resp_len, device=self.device)
+        return Batch.from_dict(
+            {
+                "old_log_probs": torch.cat(log_probs).cpu() if log_probs else empty.cpu(),
+                "entropy": torch.cat(entropies).cpu() if entropies else empty.cpu(),
+            }
+        )
+
+    # ------------------------------------------------------------------ updates
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One ordinary policy update (ppo_epochs x mini-batches); the LR schedule advances once."""
+        data = self._training_data(batch)
+        return self._finish_step(self._policy_pass(data, pass_index=0))
+
+    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> dict[str, float]:
+        """One SFPO step: K fast updates, reposition theta0 + alpha (thetaK - theta0), one slow update.
+
+        Returns the slow pass's metrics plus `sfpo/*` diagnostics. Adam moments carry through all K + 1 passes;
+        the LR schedule advances once for the whole step.
+        """
+        if not (isinstance(inner_steps, int) and inner_steps >= 1):
+            raise ValueError(f"sfpo_update: inner_steps must be an integer >= 1, got {inner_steps!r}")
+        if not (0.0 <= float(alpha) <= 1.0):
+            raise ValueError(f"sfpo_update: alpha must be in [0, 1], got {alpha!r}")
+        data = self._training_data(batch)
+        shards = local_shards(self.params)
+        slow_device = torch.device("cpu") if self.config.sfpo_slow_copy_device == "cpu" else None
+        slow = snapshot_(shards, device=slow_device)
+        sfpo: dict[str, float] = {}
+        for k in range(inner_steps):
+            sfpo[f"sfpo/fast_loss_k{k}"] = self._policy_pass(data, pass_index=k)["actor/pg_loss"]
+        sfpo["sfpo/fast_displacement_norm"] = self._global_norm(displacement_norm(shards, slow))
+        reposition_(shards, slow, float(alpha))
+        sfpo["sfpo/reposition_norm"] = self._global_norm(displacement_norm(shards, slow))
+        del slow  # the slow pass runs without the snapshot
+        metrics = self._policy_pass(data, pass_index=inner_steps)
+        sfpo["sfpo/slow_loss"] = metrics["actor/pg_loss"]
+        return self._finish_step({**metrics, **sfpo})
+
+    def _global_norm(self, local_norm: torch.Tensor | float) -> float:
+        """The norm over all ranks' shards from each rank's local norm (sum of squares, then sqrt)."""
+        squared = torch.as_tensor(local_norm, dtype=torch.float64, device=self.device).reshape(1) ** 2
+        return math.sqrt(all_reduce_sum(squared).item())
+
+    def _finish_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Log the LR this step used, then advance the schedule (once per training step)."""
+        metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return metrics
+
+    def _training_data(self, batch: Batch) -> Batch:
+        """The update's columns on the device, after checking every rank holds the same whole number of local
+        mini-batches (ranks must run the same number of forward/backward passes)."""
+        keys = [*UPDATE_KEYS, *(("ref_log_probs",) if self.config.use_kl_loss else ())]
+        missing = [k for k in keys if k not in batch.tensors]
+        if missing:
+            raise KeyError(f"actor update: batch lacks {missing}; it has {sorted(batch.keys())}")
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(batch)], device=self.device))
+        sizes = [int(s.item()) for s in sizes]
+        local_mini = self.config.ppo_mini_batch_size // self.world_size
+        if len(set(sizes)) != 1 or sizes[0] == 0 or sizes[0] % local_mini:
+            raise ValueError(
+                f"actor update: the batch ({sum(sizes)} rows, {sizes} per rank) must split into whole "
+                f"mini-batches of actor.ppo_mini_batch_size={self.config.ppo_mini_batch_size} rows, equally "
+                f"over {self.world_size} ranks (a multiple of {self.config.ppo_mini_batch_size} rows)"
+            )
+        columns = [*keys, *(("position_ids",) if "position_ids" in batch.tensors else ())]
+        return batch.select(keys=columns, non_tensor_keys=[]).to(self.device)
+
+    def _row_order(self, n_rows: int, pass_index: int, epoch: int) -> torch.Tensor | None:
+        """Row permutation of one epoch (None: in order). Seeded by (seed, training step, pass, epoch), so a
+        resumed run shuffles as the original would have."""
+        if not self.config.shuffle_mini_batches:
+            return None
+        step = self.scheduler.last_epoch
+        generator = torch.Generator().manual_seed(
+            hash((self.config.seed, step, pass_index, epoch)) & (2**63 - 1)
+        )
+        return torch.randperm(n_rows, generator=generator)
+
+    def _policy_pass(self, data: Batch, pass_index: int) -> dict[str, float]:
+        """One ordinary update: ppo_epochs x (mini-batches, each one optimizer step). Global metrics."""
+        cfg = self.config
+        temperature = self._temperature(data)
+        local_mini = cfg.ppo_mini_batch_size // self.world_size
+        sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64, device=self.device)
+        ratio_max = torch.full((1,), -math.inf, dtype=torch.float64, device=self.device)
+        grad_norms: list[float] = []
+        skipped = 0
+        self.model.train()
+        for epoch in range(cfg.ppo_epochs):
+            order = self._row_order(len(data), pass_index, epoch)
+            for first in range(0, len(data), local_mini):
+                rows = (
+                    slice(first, first + local_mini) if order is None else order[first : first + local_mini]
+                )
+                grad_norm = self._optimizer_step(data[rows], temperature, sums, ratio_max)
+                grad_norms.append(grad_norm)
+                skipped += not math.isfinite(grad_norm)
+        sums = all_reduce_sum(sums)
+        dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
+        total = dict(zip(_SUM_KEYS, sums.tolist()))
+        n_steps = len(grad_norms)
+        tokens = max(total["tokens"], 1.0)
+        finite_norms = [g for g in grad_norms if math.isfinite(g)]
+        metrics = {
+            "actor/pg_loss": total["pg_loss"] / n_steps,
+            "actor/entropy": total["entropy"] / tokens,
+            "actor/clipfrac": total["clipfrac"] / tokens,
+            "actor/approx_kl": total["approx_kl"] / tokens,
+            "actor/ratio_mean": total["ratio_mean"] / tokens,
+            "actor/ratio_max": ratio_max.item(),
+            "actor/grad_norm": sum(finite_norms) / len(finite_norms) if finite_norms else math.nan,
+            "actor/n_optimizer_steps": float(n_steps - skipped),
+            "actor/skipped_steps": float(skipped),
+        }
+        if cfg.use_kl_loss:
+            metrics["actor/kl_loss"] = total["kl_loss"] / n_steps
+        return metrics
+
+    def _optimizer_step(
+        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor
+    ) -> float:
+        """Accumulate the mini-batch's gradient over micro-batches, clip, step. Returns the global grad norm;
+        a non-finite one skips the step (gradients dropped, parameters and Adam state untouched)."""
+        cfg = self.config
+        counts = all_reduce_sum(
+            torch.stack(
+                [
+                    mini["response_mask"].sum().double(),
+                    torch.tensor(float(len(mini)), dtype=torch.float64, device=self.device),
+                ]
+            )
+        )
+        num_tokens, num_seqs = counts.tolist()
+        for micro in mini.split_by_size(cfg.micro_batch_size_per_gpu):
+            mask = micro["response_mask"]
+            log_prob, entropy = self._forward(micro, temperature, entropy_grad=cfg.entropy_coeff != 0)
+            pg_loss, pg_metrics = ppo_clip_loss(
+                log_prob,
+                micro["old_log_probs"],
+                micro["advantages"],
+                mask,
+                clip_ratio_low=cfg.clip_ratio_low,
+                clip_ratio_high=cfg.clip_ratio_high,
+                clip_ratio_c=cfg.clip_ratio_c,
+                loss_agg_mode=cfg.loss_agg_mode,
+                num_tokens=num_tokens,
+                num_seqs=num_seqs,
+            )
+            loss = pg_loss
+            if cfg.entropy_coeff != 0:
+                entropy_loss = agg_loss(
+                    entropy, mask, cfg.loss_agg_mode, num_tokens=num_tokens, num_seqs=num_seqs
+                )
+                loss = loss - cfg.entropy_coeff * entropy_loss
+            kl_loss = torch.zeros((), device=self.device)
+            if cfg.use_kl_loss:
+                kl = kl_penalty(log_prob, micro["ref_log_probs"], cfg.kl_loss_type)
+                kl_loss = agg_loss(kl, mask, cfg.loss_agg_mode, num_tokens=num_tokens, num_seqs=num_seqs)
+                loss = loss + cfg.kl_loss_coef * kl_loss
+            (loss * self.world_size).backward()
+
+            micro_tokens = mask.sum()
+            with torch.no_grad():
+                terms = [
+                    pg_loss,
+                    kl_loss,
+                    (entropy * mask).sum(),
+                    pg_metrics["clipfrac"] * micro_tokens,
+                    pg_metrics["approx_kl"] * micro_tokens,
+                    pg_metrics["ratio_mean"] * micro_tokens,
+                    micro_tokens,
+                ]
+                sums += torch.stack([t.detach().double() for t in terms])
+                torch.maximum(ratio_max, pg_metrics["ratio_max"].double().reshape(1), out=ratio_max)
+
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm.item())
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            logger.warning("actor: non-finite gradient norm (%s); optimizer step skipped", grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # ------------------------------------------------------------------ weights and checkpoints
+    def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
+        """Full float32 weights with HF names in CPU memory on rank 0, None on the others. Collective."""
+        state = checkpoint.full_state_dict(self.model, self.tied_lm_head)
+        return state if self.rank == 0 else None
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        checkpoint.save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.device)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> dict[str, Any]:
+        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.device)
+
+    def export_hf(self, path: str | os.PathLike) -> None:
+        checkpoint.export_hf(
+            path, self.model, self.model_path, self.tied_lm_head, self.export_dtype, self.device
+        )
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class ActorWorker(Worker):
+    """Ray shell of one actor rank. Metric dicts come back per rank (a list, rank order); they are already
+    reduced over ranks, so every entry is the same and the driver may take the first."""
+
+    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+        if not torch.cuda.is_available():
+            torch.set_num_threads(1)  # one core per rank; the ranks share the machine
+        self.init_process_group()
+        self.actor = FSDPActor(model_path, config)
+
+    @register(Dispatch.DP_SPLIT)
+    def compute_log_prob(self, batch: Batch) -> Batch:
+        return self.actor.compute_log_prob(batch)
+
+    @register(Dispatch.DP_SPLIT)
+    def update(self, batch: Batch) -> dict[str, float]:
+        return self.actor.update(batch)
+
+    @register(Dispatch.DP_SPLIT)
+    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> dict[str, float]:
+        return self.actor.sfpo_update(batch, inner_steps, alpha)
+
+    @register(Dispatch.ALL)
+    def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
+        return self.actor.state_dict_for_rollout()
+
+    @register(Dispatch.ALL)
+    def save_checkpoint(self, path: str) -> None:
+        self.actor.save_checkpoint(path)
+
+    @register(Dispatch.ALL)
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        return self.actor.load_checkpoint(path)
+
+    @register(Dispatch.ALL)
+    def export_hf(self, path: str) -> None:
+        self.actor.export_hf(path)

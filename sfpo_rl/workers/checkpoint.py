@@ -1,0 +1,191 @@
+"""Sharded actor checkpoints (torch.distributed.checkpoint) and the export of a plain HF model directory.
+
+Checkpoint layout (one directory, written by every rank together):
+
+    dcp/              model + optimizer state, each rank writes its own shards (loadable at another world size)
+    scheduler.pt      LR scheduler state (identical on every rank; rank 0 writes it)
+    rng/rank{r}.pt    RNG states of rank r: torch, CUDA (if any), python `random`, numpy
+    actor_meta.json   written last, by rank 0, once every rank has finished: its presence marks a complete save
+
+Atomicity (write to a temporary directory, then rename) is the trainer's job. Here every collective step
+agrees across ranks on success, so a failure on one rank raises on all of them instead of leaving the others
+waiting on a barrier, and an interrupted save has no `actor_meta.json` and is refused by `load`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "actor_meta.json"
+FORMAT_VERSION = 1
+
+
+def agree(action: Callable[[], Any], what: str, device: torch.device) -> Any:
+    """Run `action` on this rank; if it fails on any rank, raise on every rank (no rank left in a barrier)."""
+    error: Exception | None = None
+    result = None
+    try:
+        result = action()
+    except Exception as exc:  # re-raised below, on this rank and (as a RuntimeError) on the others
+        error = exc
+    ok = torch.tensor([0 if error else 1], dtype=torch.int32, device=device)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if error is not None:
+        raise error
+    if not ok.item():
+        raise RuntimeError(f"{what} failed on another rank (see that rank's error)")
+    return result
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> None:
+    """Every rank must call it with the same `path` (a directory on storage all ranks see)."""
+    root = Path(path)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    agree(
+        lambda: (root / "rng").mkdir(parents=True, exist_ok=True), f"creating checkpoint dir {root}", device
+    )
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=root / "dcp")
+
+    def write_extras() -> None:
+        torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
+        if rank == 0:
+            torch.save(scheduler.state_dict(), root / "scheduler.pt")
+
+    agree(write_extras, f"writing {root}/scheduler.pt and rng states", device)
+    meta = {"format_version": FORMAT_VERSION, "world_size": world_size, "step": scheduler.last_epoch}
+    agree(
+        lambda: rank != 0 or (root / META_FILE).write_text(json.dumps(meta)), f"writing {META_FILE}", device
+    )
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Restore what `save_checkpoint` wrote; returns its metadata. RNG states come back only at the same world
+    size (model and optimizer shards are resharded by torch.distributed.checkpoint at any world size)."""
+    root = Path(path)
+    meta_path = root / META_FILE
+
+    def read_meta() -> dict[str, Any]:
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"actor checkpoint {root} is incomplete or not an actor checkpoint: {META_FILE} is missing "
+                "(it is written last, so an interrupted save lacks it)"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}"
+            )
+        return meta
+
+    meta = agree(read_meta, f"reading {meta_path}", device)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=root / "dcp")
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+
+    def read_extras() -> None:
+        scheduler.load_state_dict(torch.load(root / "scheduler.pt", weights_only=False))
+        if meta["world_size"] == world_size:
+            _set_rng_state(torch.load(root / "rng" / f"rank{rank}.pt", weights_only=False))
+        elif rank == 0:
+            logger.warning(
+                "actor checkpoint %s was saved by %d ranks, loading on %d: RNG states not restored",
+                root,
+                meta["world_size"],
+                world_size,
+            )
+
+    agree(read_extras, f"reading {root}/scheduler.pt and rng states", device)
+    return meta
+
+
+def full_state_dict(model: nn.Module, tied_lm_head: bool) -> dict[str, torch.Tensor]:
+    """Full weights with HF names in CPU memory on rank 0 (an empty dict on the others). Collective.
+
+    With tied embeddings the LM head is the embedding matrix; its duplicate entry is dropped, as HF checkpoints
+    do (transformers and vLLM re-tie it), which saves a vocab x hidden copy on every transfer.
+    """
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if tied_lm_head:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def export_hf(
+    path: str | Path,
+    model: nn.Module,
+    source_dir: str | Path,
+    tied_lm_head: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """Write an HF model directory (config, safetensors weights in `dtype`, tokenizer, generation config) that
+    transformers and vLLM load. The config and tokenizer are copied from `source_dir`, the model loaded at start.
+    Every rank must call it (the weights are gathered); rank 0 writes."""
+    state = full_state_dict(model, tied_lm_head)
+
+    def write() -> None:
+        if dist.get_rank() != 0:
+            return
+        from huggingface_hub import save_torch_state_dict
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        weights = {name: t.to(dtype) for name, t in state.items()}
+        save_torch_state_dict(weights, out, metadata={"format": "pt"})
+        AutoConfig.from_pretrained(source_dir).save_pretrained(out)
+        AutoTokenizer.from_pretrained(source_dir).save_pretrained(out)
+        if (Path(source_dir) / "generation_config.json").is_file():
+            GenerationConfig.from_pretrained(source_dir).save_pretrained(out)
+
+    agree(write, f"exporting the HF model to {path}", device)

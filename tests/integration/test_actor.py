@@ -1,0 +1,299 @@
+"""The FSDP2 actor on 2 CPU ranks (gloo) against plain single-process references.
+
+One spawned 2-rank job (module fixture) runs every distributed computation and saves the results; the tests
+compare them with a plain transformers model + AdamW + full-mini-batch loss computed in the test process.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from actor_helpers import (
+    flat_params,
+    make_batch,
+    max_param_diff,
+    perturbed,
+    plain_log_probs,
+    plain_model,
+    plain_optimizer,
+    plain_update,
+    run_ranks,
+)
+
+from sfpo_rl.tiny.model import make_random_tiny_model
+from sfpo_rl.workers.actor import ActorConfig, FSDPActor
+
+pytestmark = pytest.mark.slow
+
+WORLD = 2
+# 12 rows: 6 per rank = 2 local mini-batches of 3 rows = micro-batches of 2 + 1 rows; 2 epochs -> 4 steps.
+CONFIG = dict(
+    lr=1e-3,
+    weight_decay=0.01,
+    betas=(0.9, 0.99),
+    eps=1e-8,
+    grad_clip=1.0,
+    lr_schedule="cosine",
+    warmup_steps=2,  # the first step runs at lr * 1/2
+    total_steps=10,
+    min_lr_ratio=0.1,
+    ppo_mini_batch_size=6,
+    micro_batch_size_per_gpu=2,
+    log_prob_micro_batch_size=4,
+    ppo_epochs=2,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.28,
+    entropy_coeff=0.01,
+)
+FIRST_STEP_LR = CONFIG["lr"] * 0.5
+# Activation checkpointing, per-sequence loss aggregation and the KL loss: the same reference must hold.
+CONFIG_AC_SEQ_KL = {
+    **CONFIG,
+    "activation_checkpointing": True,
+    "loss_agg_mode": "seq-mean-token-mean",
+    "use_kl_loss": True,
+    "kl_loss_coef": 0.1,
+    "kl_loss_type": "low_var_kl",
+}
+CONSTANT_LR = {**CONFIG, "lr_schedule": "constant", "warmup_steps": None}
+K, ALPHA = 2, 0.6
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4096", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
+
+
+def _local(batch, rank):
+    return batch.split(WORLD)[rank]
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _peak_rss_above_start(fn) -> int:
+    """Peak resident memory of this process while fn runs, above the resident memory when it started.
+
+    Why not a tensor-allocation trace: torch's profiler misses the frees of FSDP2's gathered-parameter buffers
+    (FSDP2 frees them by resizing their storage to 0), so its running sum grows by a layer per all-gather while
+    the process's memory stays flat. The kernel's peak-RSS counter (VmHWM, reset through /proc/self/clear_refs)
+    sees physical memory whatever frees it. The job runs with glibc's mmap threshold at one page and heap
+    trimming on every free (MALLOC_ENV), so freed tensor memory goes back to the kernel at once instead of
+    staying in malloc's heap, where a later stage would reuse it unseen.
+    """
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    start = _rss_bytes("VmRSS:")
+    fn()
+    return _rss_bytes("VmHWM:") - start
+
+
+def _memory_job(rank: int, model_dir: str, batch) -> dict:
+    """Peak memory of update and of sfpo_update on the same data, after a warm-up of both (Adam state exists,
+    code paths are paged in). The minimum of two runs of each damps heap noise."""
+    local = _local(batch, rank)
+    actor = FSDPActor(model_dir, CONSTANT_LR)
+    actor.update(local)
+    actor.sfpo_update(local, K, ALPHA)
+    peaks_update, peaks_sfpo = [], []
+    for _ in range(2):
+        peaks_update.append(_peak_rss_above_start(lambda: actor.update(local)))
+        peaks_sfpo.append(_peak_rss_above_start(lambda: actor.sfpo_update(local, K, ALPHA)))
+    shard_bytes = sum(p.to_local().numel() * p.to_local().element_size() for p in actor.params)
+    full_bytes = sum(p.numel() * p.element_size() for p in actor.params)
+    return {
+        "shard_bytes": shard_bytes,
+        "full_bytes": full_bytes,
+        "peak_update": min(peaks_update),
+        "peak_sfpo": min(peaks_sfpo),
+    }
+
+
+def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, out_dir: str) -> None:
+    local = _local(batch, rank)
+    results: dict = {}
+
+    actor = FSDPActor(model_dir, CONFIG)
+    results["log_prob"] = actor.compute_log_prob(local)
+    results["update_metrics"] = actor.update(local)
+    results["update_state"] = actor.state_dict_for_rollout()
+    t0 = time.perf_counter()
+    actor.update(local)
+    results["time_update_s"] = time.perf_counter() - t0
+    del actor
+
+    actor = FSDPActor(model_dir, CONFIG)
+    t0 = time.perf_counter()
+    results["sfpo_metrics"] = actor.sfpo_update(local, K, ALPHA)
+    results["time_sfpo_s"] = time.perf_counter() - t0
+    results["sfpo_state"] = actor.state_dict_for_rollout()
+    del actor
+
+    actor = FSDPActor(model_dir, CONFIG_AC_SEQ_KL)
+    results["ac_metrics"] = actor.update(local)
+    results["ac_state"] = actor.state_dict_for_rollout()
+    del actor
+
+    # alpha = 1 keeps the whole fast trajectory: K + 1 ordinary updates (constant LR, so the schedule is moot).
+    actor = FSDPActor(model_dir, CONSTANT_LR)
+    actor.sfpo_update(local, K, 1.0)
+    results["alpha1_state"] = actor.state_dict_for_rollout()
+    del actor
+    actor = FSDPActor(model_dir, CONSTANT_LR)
+    for _ in range(K + 1):
+        actor.update(local)
+    results["k_plus_1_state"] = actor.state_dict_for_rollout()
+    del actor
+
+    memory = _memory_job(rank, memory_model_dir, memory_batch)
+    gathered = [None] * WORLD
+    dist.all_gather_object(gathered, {"log_prob": results.pop("log_prob"), "memory": memory})
+    if rank == 0:
+        results["per_rank"] = gathered
+        torch.save(results, Path(out_dir) / "results.pt")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    model = plain_model(tiny_model_dir)
+    batch = make_batch(model.config.vocab_size, model.config.pad_token_id, seed=0)
+    with torch.no_grad():
+        log_probs, _ = plain_log_probs(model, batch)
+    mask = batch["response_mask"]
+    batch["old_log_probs"] = perturbed(log_probs, mask, seed=1)
+    batch["ref_log_probs"] = perturbed(log_probs, mask, seed=2, scale=0.1)
+    # A larger model for the memory measurement, so its shard (~6 MiB) dwarfs the heap's page-level noise.
+    memory_dir = make_random_tiny_model(
+        tmp_path_factory.mktemp("memory_model"), hidden_size=256, num_layers=4
+    )
+    memory_config = plain_model(memory_dir).config
+    memory_batch = make_batch(memory_config.vocab_size, memory_config.pad_token_id, seed=3)
+    memory_batch["old_log_probs"] = perturbed(
+        torch.full((12, 8), -5.0), memory_batch["response_mask"], seed=4
+    )
+    out_dir = tmp_path_factory.mktemp("actor_results")
+    start = time.perf_counter()
+    args = (str(tiny_model_dir), batch, str(memory_dir), memory_batch, str(out_dir))
+    run_ranks(_job, *args, world_size=WORLD, env=MALLOC_ENV)
+    print(f"\n2-rank actor job: {time.perf_counter() - start:.1f} s")
+    return batch, torch.load(out_dir / "results.pt", weights_only=False)
+
+
+def _reference(model_dir, cfg, lr):
+    model = plain_model(model_dir)
+    return model, plain_optimizer(model, cfg, lr)
+
+
+def test_compute_log_prob_matches_single_process_transformers(setup, tiny_model_dir):
+    batch, results = setup
+    model = plain_model(tiny_model_dir)
+    with torch.no_grad():
+        ref_lp, ref_ent = plain_log_probs(model, batch)
+    out = [r["log_prob"] for r in results["per_rank"]]
+    assert [len(o) for o in out] == [len(c) for c in batch.split(WORLD)]
+    log_probs = torch.cat([o["old_log_probs"] for o in out])
+    entropy = torch.cat([o["entropy"] for o in out])
+    mask = batch["response_mask"].bool()
+    lp_err = (log_probs - ref_lp)[mask].abs().max().item()
+    ent_err = (entropy - ref_ent)[mask].abs().max().item()
+    print(f"\ncompute_log_prob max |diff|: log-prob {lp_err:.2e}, entropy {ent_err:.2e}")
+    assert lp_err < 1e-5 and ent_err < 1e-5
+    assert (log_probs[~mask] == 0).sum() > 0  # the trimmed padding came back as zeros
+
+
+def test_update_matches_single_process_reference(setup, tiny_model_dir):
+    batch, results = setup
+    model, optimizer = _reference(tiny_model_dir, CONFIG, FIRST_STEP_LR)
+    before = flat_params(model).clone()
+    ref = plain_update(model, optimizer, batch, CONFIG)
+    moved = (flat_params(model) - before).abs().max().item()
+    diff = max_param_diff(results["update_state"], model)
+    metrics = results["update_metrics"]
+    print(f"\nupdate: params moved up to {moved:.2e}, max |actor - reference| {diff:.2e}; metrics {metrics}")
+    assert moved > 1e-3  # the comparison is not trivially passed by parameters that did not change
+    assert diff < 1e-5
+    assert metrics["actor/lr"] == pytest.approx(FIRST_STEP_LR)
+    assert metrics["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
+    assert metrics["actor/entropy"] == pytest.approx(ref["entropy"], abs=1e-6)
+    assert metrics["actor/n_optimizer_steps"] == 4 and metrics["actor/skipped_steps"] == 0
+    assert 0 < metrics["actor/clipfrac"] < 1 and metrics["actor/ratio_max"] > 1 + CONFIG["clip_ratio_high"]
+
+
+def test_update_with_activation_checkpointing_seq_mean_and_kl_matches_reference(setup, tiny_model_dir):
+    batch, results = setup
+    model, optimizer = _reference(tiny_model_dir, CONFIG_AC_SEQ_KL, FIRST_STEP_LR)
+    ref = plain_update(model, optimizer, batch, CONFIG_AC_SEQ_KL)
+    diff = max_param_diff(results["ac_state"], model)
+    print(f"\nupdate (activation checkpointing, seq-mean-token-mean, KL loss): max |diff| {diff:.2e}")
+    assert diff < 1e-5
+    assert results["ac_metrics"]["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
+    assert results["ac_metrics"]["actor/kl_loss"] > 0
+
+
+def test_sfpo_update_matches_single_process_reference(setup, tiny_model_dir):
+    batch, results = setup
+    model, optimizer = _reference(tiny_model_dir, CONFIG, FIRST_STEP_LR)
+    slow = [p.detach().clone() for p in model.parameters()]
+    fast_losses = [plain_update(model, optimizer, batch, CONFIG)["pg_loss"] for _ in range(K)]
+    displacement = math.sqrt(sum(((p - s) ** 2).sum().item() for p, s in zip(model.parameters(), slow)))
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), slow):
+            p.copy_(s + ALPHA * (p - s))
+    reposition = math.sqrt(sum(((p - s) ** 2).sum().item() for p, s in zip(model.parameters(), slow)))
+    slow_pass = plain_update(model, optimizer, batch, CONFIG)
+
+    metrics = results["sfpo_metrics"]
+    diff = max_param_diff(results["sfpo_state"], model)
+    print(f"\nsfpo_update (K={K}, alpha={ALPHA}): max |actor - reference| {diff:.2e}; metrics {metrics}")
+    assert diff < 1e-5
+    assert metrics["sfpo/fast_displacement_norm"] == pytest.approx(displacement, rel=1e-5)
+    assert metrics["sfpo/reposition_norm"] == pytest.approx(reposition, rel=1e-5)
+    assert reposition == pytest.approx(ALPHA * displacement, rel=1e-5)
+    for k in range(K):
+        assert metrics[f"sfpo/fast_loss_k{k}"] == pytest.approx(fast_losses[k], abs=1e-6)
+    assert metrics["sfpo/slow_loss"] == pytest.approx(slow_pass["pg_loss"], abs=1e-6)
+    assert metrics["actor/pg_loss"] == metrics["sfpo/slow_loss"]
+    assert metrics["actor/entropy"] == pytest.approx(slow_pass["entropy"], abs=1e-6)
+    assert metrics["actor/lr"] == pytest.approx(FIRST_STEP_LR)  # one schedule step for the whole SFPO step
+
+
+def test_sfpo_alpha_one_equals_k_plus_one_updates(setup):
+    _, results = setup
+    a, b = results["alpha1_state"], results["k_plus_1_state"]
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"\nsfpo alpha=1 vs {K + 1} updates: max |diff| {diff:.2e}")
+    assert diff == 0.0
+
+
+def test_sfpo_peak_memory_over_update_is_at_most_one_local_shard(setup):
+    _, results = setup
+    for rank, r in enumerate(results["per_rank"]):
+        mem = r["memory"]
+        extra = mem["peak_sfpo"] - mem["peak_update"]
+        shards = extra / mem["shard_bytes"]
+        print(
+            f"\nrank {rank}: local shard {mem['shard_bytes'] / 2**20:.2f} MiB (full model "
+            f"{mem['full_bytes'] / 2**20:.2f} MiB); peak RSS above start: update {mem['peak_update'] / 2**20:.2f} "
+            f"MiB, sfpo_update {mem['peak_sfpo'] / 2**20:.2f} MiB; extra {extra / 2**20:.2f} MiB = {shards:.2f} shards"
+        )
+        # The slow copy of the shard (the lower bound shows the measurement sees it) plus a few hundred KiB of
+        # page rounding and small objects; a second copy (fast weights, any full-parameter clone) adds >= 1 shard.
+        assert 0.9 < shards < 1.15
+    print(f"time: update {results['time_update_s']:.3f} s, sfpo_update(K={K}) {results['time_sfpo_s']:.3f} s")
+
+
+def test_config_errors_name_the_option():
+    with pytest.raises(ValueError, match=r"actor\.loss_agg_mode"):
+        ActorConfig(loss_agg_mode="mean")
+    with pytest.raises(ValueError, match=r"actor\.total_steps"):
+        ActorConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match=r"actor\.bogus"):
+        ActorConfig.from_any({"bogus": 1})
