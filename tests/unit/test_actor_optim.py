@@ -22,7 +22,7 @@ def test_constant_with_warmup():
     assert [f(s) for s in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
 def test_scheduler_steps_the_optimizer_lr():
     model = nn.Linear(2, 2)
     opt = build_optimizer(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8)
