@@ -385,7 +385,7 @@ class FSDPActor:
     # ------------------------------------------------------------------ weights and checkpoints
     def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
         """Full float32 weights with HF names in CPU memory on rank 0, None on the others. Collective."""
-        state = checkpoint.full_state_dict(self.model, self.tied_lm_head)
+        state = checkpoint.full_state_dict(self.model)
         return state if self.rank == 0 else None
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:

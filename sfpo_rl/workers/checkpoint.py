@@ -148,16 +148,13 @@ def load_checkpoint(
     return meta
 
 
-def full_state_dict(model: nn.Module, tied_lm_head: bool) -> dict[str, torch.Tensor]:
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full weights with HF names in CPU memory on rank 0 (an empty dict on the others). Collective.
 
-    With tied embeddings the LM head is the embedding matrix; its duplicate entry is dropped, as HF checkpoints
-    do (transformers and vLLM re-tie it), which saves a vocab x hidden copy on every transfer.
+    With tied embeddings `lm_head.weight` is kept: vLLM's in-place `reload_weights` leaves the LM head at its
+    old values when it is missing (measured on the CPU build), though a fresh load from an HF dir re-ties it.
     """
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if tied_lm_head:
-        state.pop("lm_head.weight", None)
-    return state
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def export_hf(
@@ -170,8 +167,11 @@ def export_hf(
 ) -> None:
     """Write an HF model directory (config, safetensors weights in `dtype`, tokenizer, generation config) that
     transformers and vLLM load. The config and tokenizer are copied from `source_dir`, the model loaded at start.
-    Every rank must call it (the weights are gathered); rank 0 writes."""
-    state = full_state_dict(model, tied_lm_head)
+    A tied LM head is left out, as in HF checkpoints (loaders re-tie it). Every rank must call it (the weights
+    are gathered); rank 0 writes."""
+    state = full_state_dict(model)
+    if tied_lm_head:
+        state.pop("lm_head.weight", None)
 
     def write() -> None:
         if dist.get_rank() != 0:
@@ -181,7 +181,8 @@ def export_hf(
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        weights = {name: t.to(dtype) for name, t in state.items()}
+        # safetensors refuses views of larger storages (an unevenly sharded dim is gathered padded, then cut).
+        weights = {name: _owning(t.to(dtype)) for name, t in state.items()}
         save_torch_state_dict(weights, out, metadata={"format": "pt"})
         AutoConfig.from_pretrained(source_dir).save_pretrained(out)
         AutoTokenizer.from_pretrained(source_dir).save_pretrained(out)
@@ -189,3 +190,10 @@ def export_hf(
             GenerationConfig.from_pretrained(source_dir).save_pretrained(out)
 
     agree(write, f"exporting the HF model to {path}", device)
+
+
+def _owning(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself if it spans its whole storage, else a compact copy."""
+    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.nbytes:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from actor_helpers import (
     flat_params,
+    global_mini_batches,
     make_batch,
     max_param_diff,
     perturbed,
@@ -153,6 +154,17 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
     results["k_plus_1_state"] = actor.state_dict_for_rollout()
     del actor
 
+    # A NaN advantage in rank 0's first row poisons global mini-batch 0 of each epoch: those steps are skipped.
+    actor = FSDPActor(model_dir, CONFIG)
+    poisoned = _local(batch, rank)
+    if rank == 0:
+        advantages = poisoned["advantages"].clone()
+        advantages[0] = float("nan")
+        poisoned["advantages"] = advantages
+    results["nan_metrics"] = actor.update(poisoned)
+    results["nan_state"] = actor.state_dict_for_rollout()
+    del actor
+
     memory = _memory_job(rank, memory_model_dir, memory_batch)
     gathered = [None] * WORLD
     dist.all_gather_object(gathered, {"log_prob": results.pop("log_prob"), "memory": memory})
@@ -236,6 +248,21 @@ def test_update_with_activation_checkpointing_seq_mean_and_kl_matches_reference(
     assert diff < 1e-5
     assert results["ac_metrics"]["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
     assert results["ac_metrics"]["actor/kl_loss"] > 0
+
+
+def test_non_finite_gradient_skips_only_that_step(setup, tiny_model_dir):
+    batch, results = setup
+    metrics = results["nan_metrics"]
+    assert metrics["actor/skipped_steps"] == 2 and metrics["actor/n_optimizer_steps"] == 2
+    assert math.isfinite(metrics["actor/grad_norm"])  # the mean over the steps that ran
+    # Equal to an update that never saw mini-batch 0: no NaN reached the weights or the Adam moments.
+    model, optimizer = _reference(tiny_model_dir, CONFIG, FIRST_STEP_LR)
+    plain_update(
+        model, optimizer, global_mini_batches(batch, WORLD, CONFIG["ppo_mini_batch_size"])[1], CONFIG
+    )
+    diff = max_param_diff(results["nan_state"], model)
+    print(f"\nupdate with a skipped non-finite step: max |actor - reference| {diff:.2e}")
+    assert diff < 1e-5
 
 
 def test_sfpo_update_matches_single_process_reference(setup, tiny_model_dir):
