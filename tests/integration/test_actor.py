@@ -123,7 +123,10 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
     results: dict = {}
 
     actor = FSDPActor(model_dir, CONFIG)
-    results["log_prob"] = actor.compute_log_prob(local)
+    log_probs = {"even": actor.compute_log_prob(local)}
+    # Uneven splits (9 + 3 rows: 3 vs 1 micro-batches; 12 + 0 rows): the shorter rank joins the extra forwards.
+    log_probs["uneven"] = actor.compute_log_prob(batch[0:9] if rank == 0 else batch[9:12])
+    log_probs["empty"] = actor.compute_log_prob(batch if rank == 0 else batch[12:])
     results["update_metrics"] = actor.update(local)
     results["update_state"] = actor.state_dict_for_rollout()
     t0 = time.perf_counter()
@@ -167,7 +170,7 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
 
     memory = _memory_job(rank, memory_model_dir, memory_batch)
     gathered = [None] * WORLD
-    dist.all_gather_object(gathered, {"log_prob": results.pop("log_prob"), "memory": memory})
+    dist.all_gather_object(gathered, {"log_prob": log_probs, "memory": memory})
     if rank == 0:
         results["per_rank"] = gathered
         torch.save(results, Path(out_dir) / "results.pt")
@@ -204,19 +207,20 @@ def _reference(model_dir, cfg, lr):
     return model, plain_optimizer(model, cfg, lr)
 
 
-def test_compute_log_prob_matches_single_process_transformers(setup, tiny_model_dir):
+@pytest.mark.parametrize("split", ["even", "uneven", "empty"])
+def test_compute_log_prob_matches_single_process_transformers(setup, tiny_model_dir, split):
     batch, results = setup
     model = plain_model(tiny_model_dir)
     with torch.no_grad():
         ref_lp, ref_ent = plain_log_probs(model, batch)
-    out = [r["log_prob"] for r in results["per_rank"]]
-    assert [len(o) for o in out] == [len(c) for c in batch.split(WORLD)]
+    out = [r["log_prob"][split] for r in results["per_rank"]]
+    assert sum(len(o) for o in out) == len(batch)
     log_probs = torch.cat([o["old_log_probs"] for o in out])
     entropy = torch.cat([o["entropy"] for o in out])
     mask = batch["response_mask"].bool()
     lp_err = (log_probs - ref_lp)[mask].abs().max().item()
     ent_err = (entropy - ref_ent)[mask].abs().max().item()
-    print(f"\ncompute_log_prob max |diff|: log-prob {lp_err:.2e}, entropy {ent_err:.2e}")
+    print(f"\ncompute_log_prob ({split} split) max |diff|: log-prob {lp_err:.2e}, entropy {ent_err:.2e}")
     assert lp_err < 1e-5 and ent_err < 1e-5
     assert (log_probs[~mask] == 0).sum() > 0  # the trimmed padding came back as zeros
 
