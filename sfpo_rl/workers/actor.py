@@ -220,9 +220,11 @@ class FSDPActor:
         shards = local_shards(self.params)
         slow_device = torch.device("cpu") if self.config.sfpo_slow_copy_device == "cpu" else None
         slow = snapshot_(shards, device=slow_device)
-        sfpo: dict[str, float] = {}
+        sfpo: dict[str, float] = {"sfpo/fast_skipped_steps": 0.0}
         for k in range(inner_steps):
-            sfpo[f"sfpo/fast_loss_k{k}"] = self._policy_pass(data, pass_index=k)["actor/pg_loss"]
+            fast = self._policy_pass(data, pass_index=k)
+            sfpo[f"sfpo/fast_loss_k{k}"] = fast["actor/pg_loss"]
+            sfpo["sfpo/fast_skipped_steps"] += fast["actor/skipped_steps"]
         sfpo["sfpo/fast_displacement_norm"] = self._global_norm(displacement_norm(shards, slow))
         reposition_(shards, slow, float(alpha))
         sfpo["sfpo/reposition_norm"] = self._global_norm(displacement_norm(shards, slow))
@@ -268,6 +270,7 @@ class FSDPActor:
         if not self.config.shuffle_mini_batches:
             return None
         step = self.scheduler.last_epoch
+        # hash() of a tuple of ints is the same in every process (only str/bytes hashing is salted).
         generator = torch.Generator().manual_seed(
             hash((self.config.seed, step, pass_index, epoch)) & (2**63 - 1)
         )
