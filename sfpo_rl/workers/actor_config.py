@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from sfpo_rl.algorithms.kl import KL_ESTIMATORS
+from sfpo_rl.algorithms.policy_loss import LOSS_AGG_MODES
 from sfpo_rl.workers.optim import SCHEDULES
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
 SLOW_COPY_DEVICES = ("same", "cpu")
 
@@ -112,7 +112,7 @@ class ActorConfig:
         )
         _require(self.loss_agg_mode in LOSS_AGG_MODES, "loss_agg_mode", f"one of {', '.join(LOSS_AGG_MODES)}")
         _require(isinstance(self.use_kl_loss, bool), "use_kl_loss", "true or false")
-        _require(self.kl_loss_type in KL_TYPES, "kl_loss_type", f"one of {', '.join(KL_TYPES)}")
+        _require(self.kl_loss_type in KL_ESTIMATORS, "kl_loss_type", f"one of {', '.join(KL_ESTIMATORS)}")
         _require(self.param_dtype in PARAM_DTYPES, "param_dtype", f"one of {', '.join(PARAM_DTYPES)}")
         _require(self.reduce_dtype in ("float32", "bfloat16"), "reduce_dtype", "float32 or bfloat16")
         _require(isinstance(self.activation_checkpointing, bool), "activation_checkpointing", "true or false")
