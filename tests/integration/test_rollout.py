@@ -285,12 +285,15 @@ def test_generation_throughput(engine):
 # ---------------------------------------------------------------------------------------------- Ray shell
 @pytest.fixture(scope="module")
 def rollout_group(tiny_model_dir):
+    started = not ray.is_initialized()
     init_ray()
     group = RayWorkerGroup(
         ResourcePool([2], name="rollout_test"), RolloutWorker, "rollout", tiny_model_dir, CONFIG
     )
     yield group
     group.shutdown()
+    if started:  # later modules start Ray with their own options
+        ray.shutdown()
 
 
 @torch.no_grad()
