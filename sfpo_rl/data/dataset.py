@@ -1,0 +1,182 @@
+"""Prompt datasets: validated records, formatted with the chat template (or a plain template) and tokenized.
+
+A record has `prompt` (text, or a list of chat messages {role, content}), `ground_truth` (text; numbers are
+converted), `data_source` (selects the verifier) and optional `extra_info` (a mapping). verl-style files that
+keep the answer in `reward_model.ground_truth` are accepted too.
+
+Prompts are tokenized here, once: each item carries `raw_prompt` (the formatted text) and `prompt_token_ids`
+(unpadded ids, no special tokens added beyond the template's own), which the rollout uses as they are, so the
+length filter and the policy see exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sfpo_rl.data.io import DataError, read_rows
+
+logger = logging.getLogger(__name__)
+
+OVERLONG_MODES = ("filter", "left_truncate", "error")
+PROMPT_PLACEHOLDER = "{prompt}"
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt: str | list[dict[str, str]]
+    ground_truth: str
+    data_source: str
+    extra_info: dict[str, Any] = field(default_factory=dict)
+    where: str = ""  # "file, line N": for messages about this record
+
+
+def parse_record(row: dict[str, Any], where: str) -> PromptRecord:
+    """Validate one row; `where` ("file, line N") prefixes every error."""
+    prompt = _field(row, "prompt", where)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' is empty")
+    elif isinstance(prompt, list) and prompt:
+        for i, message in enumerate(prompt):
+            if not isinstance(message, dict):
+                raise DataError(
+                    f"{where}: field 'prompt[{i}]' must be a message {{role, content}}, got {message!r}"
+                )
+            for key in ("role", "content"):
+                if not isinstance(message.get(key), str):
+                    raise DataError(
+                        f"{where}: field 'prompt[{i}].{key}' must be a string, got {message.get(key)!r}"
+                    )
+    else:
+        raise DataError(
+            f"{where}: field 'prompt' must be a non-empty string or list of chat messages, got {prompt!r}"
+        )
+
+    if "ground_truth" not in row and isinstance(row.get("reward_model"), dict):
+        ground_truth = _field(row["reward_model"], "ground_truth", where, prefix="reward_model.")
+    else:
+        ground_truth = _field(row, "ground_truth", where)
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, str | int | float):
+        raise DataError(f"{where}: field 'ground_truth' must be a string or number, got {ground_truth!r}")
+
+    data_source = _field(row, "data_source", where)
+    if not isinstance(data_source, str) or not data_source.strip():
+        raise DataError(f"{where}: field 'data_source' must be a non-empty string, got {data_source!r}")
+
+    extra_info = row.get("extra_info")
+    if extra_info is not None and not isinstance(extra_info, dict):
+        raise DataError(f"{where}: field 'extra_info' must be a mapping or null, got {extra_info!r}")
+    return PromptRecord(prompt, str(ground_truth), data_source, dict(extra_info or {}), where)
+
+
+def _field(row: dict[str, Any], name: str, where: str, prefix: str = "") -> Any:
+    if name not in row or row[name] is None:
+        raise DataError(f"{where}: missing field '{prefix}{name}' (fields present: {', '.join(sorted(row))})")
+    return row[name]
+
+
+def load_records(files: str | Path | Sequence[str | Path]) -> list[PromptRecord]:
+    paths = [files] if isinstance(files, str | Path) else list(files)
+    if not paths:
+        raise DataError("no data files given")
+    records = []
+    for path in paths:
+        rows = read_rows(path)
+        if not rows:
+            raise DataError(f"{path}: contains no records")
+        records.extend(parse_record(row, f"{path}, {where}") for where, row in rows)
+    return records
+
+
+def format_prompt(prompt: str | list[dict[str, str]], tokenizer: Any, template: str | None = None) -> str:
+    """The text the policy is conditioned on.
+
+    With `template` ("...{prompt}..."), the message contents (joined by blank lines) replace the placeholder;
+    otherwise the tokenizer's chat template is applied with a generation prompt when it has one, else the
+    contents are used as they are. Pass template="{prompt}" to bypass a chat template.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if template is not None:
+        return template.replace(PROMPT_PLACEHOLDER, "\n\n".join(m["content"] for m in messages))
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages)
+
+
+class PromptDataset:
+    """Formatted, tokenized prompts; over-long prompts are filtered (counted), left-truncated, or an error."""
+
+    def __init__(
+        self,
+        files: str | Path | Sequence[str | Path],
+        tokenizer: Any,
+        *,
+        max_prompt_length: int = 512,
+        overlong: str = "filter",
+        prompt_template: str | None = None,
+    ):
+        if overlong not in OVERLONG_MODES:
+            raise ValueError(f"data.overlong must be one of {', '.join(OVERLONG_MODES)}, got {overlong!r}")
+        if prompt_template is not None and PROMPT_PLACEHOLDER not in prompt_template:
+            raise ValueError(
+                f"data.prompt_template must contain {PROMPT_PLACEHOLDER}, got {prompt_template!r}"
+            )
+        if (
+            isinstance(max_prompt_length, bool)
+            or not isinstance(max_prompt_length, int)
+            or max_prompt_length < 1
+        ):
+            raise ValueError(f"data.max_prompt_length must be an integer >= 1, got {max_prompt_length!r}")
+        self.files = [str(files)] if isinstance(files, str | Path) else [str(f) for f in files]
+        records = load_records(files)
+        texts = [format_prompt(r.prompt, tokenizer, prompt_template) for r in records]
+        token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+        self.items: list[dict[str, Any]] = []
+        self.num_filtered = 0
+        self.num_truncated = 0
+        for record, text, ids in zip(records, texts, token_ids):
+            if len(ids) > max_prompt_length:
+                if overlong == "error":
+                    raise DataError(
+                        f"{record.where}: prompt has {len(ids)} tokens > data.max_prompt_length="
+                        f"{max_prompt_length}; raise the limit or set data.overlong=filter"
+                    )
+                if overlong == "filter":
+                    self.num_filtered += 1
+                    continue
+                ids = ids[-max_prompt_length:]
+                text = tokenizer.decode(ids, skip_special_tokens=False)
+                self.num_truncated += 1
+            self.items.append(
+                {
+                    "raw_prompt": text,
+                    "prompt_token_ids": list(ids),
+                    "ground_truth": record.ground_truth,
+                    "data_source": record.data_source,
+                    "extra_info": record.extra_info,
+                }
+            )
+        if self.num_filtered or self.num_truncated:
+            logger.warning(
+                "%s: %d prompts longer than %d tokens were %s",
+                ", ".join(self.files),
+                self.num_filtered or self.num_truncated,
+                max_prompt_length,
+                "filtered out" if self.num_filtered else "left-truncated",
+            )
+        if not self.items:
+            raise DataError(
+                f"{', '.join(self.files)}: all {len(records)} prompts are longer than "
+                f"data.max_prompt_length={max_prompt_length}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]

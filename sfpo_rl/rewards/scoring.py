@@ -1,0 +1,256 @@
+"""Batch scoring for the reward worker: verifiers chosen per sample, time-limited, failures counted.
+
+`RewardScorer.score` (or the one-shot `score_responses`) turns decoded responses into per-sample scores and
+accuracies; `token_level_scores` puts each score on the last response token, the layout the advantage
+estimators read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from sfpo_rl.rewards import verifiers  # noqa: F401  (registers the built-in verifiers)
+from sfpo_rl.rewards.registry import (
+    Verifier,
+    VerifierError,
+    check_signature,
+    load_custom_verifier,
+    registered_verifiers,
+    takes_data_source,
+    verifier_name,
+)
+from sfpo_rl.rewards.timeout import (
+    ERROR,
+    TIMEOUT,
+    Outcome,
+    Task,
+    VerifierPool,
+    score_with_timeout,
+    signal_timeout_available,
+)
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT_MODES = ("process", "signal")
+
+
+@dataclass
+class RewardConfig:
+    """Options of the `reward` config group; bad values raise VerifierError (a ValueError) naming
+    `reward.<option>`."""
+
+    # "package.module:function" or "path/to/file.py:function": scores every sample instead of the registry.
+    custom_function: str | None = None
+    custom_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for it
+    # Extra keyword arguments per built-in verifier, e.g. {"math": {"format_score": 0.0}} for plain 0/1
+    # instead of the paper's 1.0 / 0.1 (boxed but wrong) / 0.0 (no boxed answer).
+    verifier_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timeout_s: float = 10.0  # per verification
+    # process: persistent child processes, a hung one is killed (stops anything);
+    # signal: SIGALRM in this process (no extra process; main thread only; cannot stop a hang inside C code).
+    timeout_mode: str = "process"
+    num_processes: int = 1  # process mode: verifier children per reward worker, scoring in parallel
+
+    def __post_init__(self) -> None:
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float):
+            raise VerifierError(f"reward.timeout_s must be a number > 0, got {self.timeout_s!r}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise VerifierError(f"reward.timeout_s must be a number > 0, got {self.timeout_s!r}")
+        if self.timeout_mode not in TIMEOUT_MODES:
+            raise VerifierError(
+                f"reward.timeout_mode must be one of {', '.join(TIMEOUT_MODES)}, got {self.timeout_mode!r}"
+            )
+        if isinstance(self.num_processes, bool) or not isinstance(self.num_processes, int):
+            raise VerifierError(f"reward.num_processes must be an integer >= 1, got {self.num_processes!r}")
+        if self.num_processes < 1:
+            raise VerifierError(f"reward.num_processes must be an integer >= 1, got {self.num_processes!r}")
+        if self.custom_function is not None and not isinstance(self.custom_function, str):
+            raise VerifierError(f"reward.custom_function must be a string, got {self.custom_function!r}")
+        for option in ("custom_kwargs", "verifier_kwargs"):
+            if not isinstance(getattr(self, option), Mapping):
+                raise VerifierError(f"reward.{option} must be a mapping, got {getattr(self, option)!r}")
+        for name, options in self.verifier_kwargs.items():
+            if not isinstance(options, Mapping):
+                raise VerifierError(f"reward.verifier_kwargs.{name} must be a mapping, got {options!r}")
+        self.custom_kwargs = dict(self.custom_kwargs)
+        self.verifier_kwargs = {k: dict(v) for k, v in self.verifier_kwargs.items()}
+
+    @classmethod
+    def from_any(cls, config: RewardConfig | Mapping[str, Any] | Any | None) -> RewardConfig:
+        """A `RewardConfig` from itself, None (defaults), a mapping or an OmegaConf node."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        if not isinstance(config, Mapping):
+            raise TypeError(f"reward config must be a mapping, got {type(config).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise VerifierError(
+                f"reward.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}"
+            )
+        return cls(**config)
+
+
+class VerifierResolver:
+    """data_source -> (verifier, keyword options); custom function and options are checked on construction."""
+
+    def __init__(self, config: RewardConfig):
+        self.config = config
+        self._custom: Verifier | None = None
+        if config.custom_function:
+            self._custom = load_custom_verifier(config.custom_function)
+            check_signature(
+                self._custom, config.custom_kwargs, f"reward.custom_function='{config.custom_function}'"
+            )
+        known = registered_verifiers()
+        for name, options in config.verifier_kwargs.items():
+            if name not in known:
+                raise VerifierError(
+                    f"reward.verifier_kwargs.{name}: no verifier named '{name}'; known: {', '.join(sorted(known))}"
+                )
+            check_signature(known[name], options, f"reward.verifier_kwargs.{name}")
+        self._known = known
+
+    def __call__(self, data_source: str) -> tuple[Verifier, dict[str, Any]]:
+        """The verifier for `data_source` and the keyword arguments to call it with besides the sample's."""
+        if self._custom is not None:
+            fn, options = self._custom, self.config.custom_kwargs
+        else:
+            name = verifier_name(data_source)
+            fn, options = self._known[name], self.config.verifier_kwargs.get(name, {})
+        return fn, {**options, "data_source": data_source} if takes_data_source(fn) else options
+
+
+class RewardScorer:
+    """Scores batches of decoded responses with the verifiers the config selects, each under a time limit.
+
+    In process mode the verifier children start on the first `score` and live until `close()`.
+    """
+
+    def __init__(self, config: RewardConfig | Mapping[str, Any] | Any | None = None):
+        self.config = RewardConfig.from_any(config)
+        self.resolve = VerifierResolver(
+            self.config
+        )  # custom function and options checked here, in the parent
+        self._pool: VerifierPool | None = None
+
+    def validate_sources(self, data_sources: Sequence[str]) -> None:
+        """Raise VerifierError for a data source no verifier handles (before any scoring starts)."""
+        for source in sorted(set(map(str, data_sources))):
+            self.resolve(source)
+
+    def score(
+        self,
+        responses: Sequence[str],
+        ground_truths: Sequence[Any],
+        data_sources: Sequence[str],
+        extra_infos: Sequence[Any] | None = None,
+    ) -> list[Outcome]:
+        """One Outcome per response (score, acc, status); failed verifications score 0 and are logged."""
+        extra_infos = [None] * len(responses) if extra_infos is None else extra_infos
+        lengths = {len(responses), len(ground_truths), len(data_sources), len(extra_infos)}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"score: responses ({len(responses)}), ground_truths ({len(ground_truths)}), data_sources "
+                f"({len(data_sources)}) and extra_infos ({len(extra_infos)}) must have the same length"
+            )
+        self.validate_sources(data_sources)
+        tasks = [
+            Task(str(d), r, g, e) for r, g, d, e in zip(responses, ground_truths, data_sources, extra_infos)
+        ]
+        if not tasks:
+            return []
+        if self.config.timeout_mode == "signal":
+            outcomes = self._score_here(tasks)
+        else:
+            if self._pool is None:
+                self._pool = VerifierPool(self.config, self.config.num_processes)
+            outcomes = self._pool.score(tasks)
+        _log_failures(outcomes)
+        return outcomes
+
+    def _score_here(self, tasks: list[Task]) -> list[Outcome]:
+        if not signal_timeout_available():
+            raise RuntimeError(
+                "reward.timeout_mode=signal needs the main thread of its process (SIGALRM); use "
+                "reward.timeout_mode=process"
+            )
+        outcomes = []
+        for task in tasks:
+            fn, options = self.resolve(task.data_source)
+            outcomes.append(
+                score_with_timeout(
+                    fn,
+                    task.solution_str,
+                    task.ground_truth,
+                    task.extra_info,
+                    timeout_s=self.config.timeout_s,
+                    options=options,
+                )
+            )
+        return outcomes
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def _log_failures(outcomes: Sequence[Outcome]) -> None:
+    failed = [o for o in outcomes if o.status in (ERROR, TIMEOUT)]
+    if failed:
+        logger.warning(
+            "%d of %d verifications failed (errors %d, timeouts %d) and scored 0; first: %s",
+            len(failed),
+            len(outcomes),
+            sum(o.status == ERROR for o in failed),
+            sum(o.status == TIMEOUT for o in failed),
+            failed[0].detail,
+        )
+
+
+def score_responses(
+    responses: Sequence[str],
+    ground_truths: Sequence[Any],
+    data_sources: Sequence[str],
+    extra_infos: Sequence[Any] | None = None,
+    config: RewardConfig | Mapping[str, Any] | Any | None = None,
+) -> list[Outcome]:
+    """One-shot `RewardScorer(config).score(...)`; keep a RewardScorer to reuse its verifier processes."""
+    scorer = RewardScorer(config)
+    try:
+        return scorer.score(responses, ground_truths, data_sources, extra_infos)
+    finally:
+        scorer.close()
+
+
+def token_level_scores(scores: Sequence[float] | torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[B, R] float32 zeros with each row's score on its last valid response token (mask may have holes)."""
+    mask = response_mask.bool()
+    if mask.dim() != 2:
+        raise ValueError(f"response_mask must be [batch, response_length], got shape {tuple(mask.shape)}")
+    scores = torch.as_tensor(scores, dtype=torch.float32, device=mask.device)
+    if scores.shape != (mask.shape[0],):
+        raise ValueError(f"{scores.numel()} scores for a response_mask of {mask.shape[0]} rows")
+    empty = ~mask.any(dim=1)
+    if empty.any():
+        raise ValueError(
+            f"rows {empty.nonzero().flatten().tolist()} have no response token to put a score on"
+        )
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask, positions, -1).max(dim=1).values
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    out[torch.arange(mask.shape[0], device=mask.device), last] = scores
+    return out

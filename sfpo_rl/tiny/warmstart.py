@@ -1,0 +1,275 @@
+"""The embedded default's starting policy: a tiny Qwen2 given a short supervised warm-start on the built-in task.
+
+`ensure_warmstart(cache_dir, cfg)` returns an HF model directory (loadable by transformers and vLLM) that also
+holds the task's data files, `train.jsonl` and `val.jsonl` (the loader's format), and `warmstart.json`
+(config, cache key, SFT metrics). A directory is reused when its key matches: the key hashes the config, the
+source of the code that builds it and the torch / transformers versions. It is built in a temporary directory
+and renamed into place, so an interrupted or concurrent build never leaves a half-written model behind.
+
+The SFT is deliberately short: the policy should solve some but not most validation problems at
+temperature 1.0, so that RL has both a signal and room to improve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfpo_rl.data import arith
+from sfpo_rl.data.dataset import format_prompt, load_records
+from sfpo_rl.tiny import model as tiny_model
+
+INFO_FILE = "warmstart.json"
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    seed: int = 0
+    # Task data: the levels problems are drawn from (repeat one to weight it) and the split sizes.
+    levels: tuple[int, ...] = arith.LEVELS
+    num_train: int = 20000
+    num_val: int = 512
+    # Must equal the trainer's data.prompt_template: the SFT conditions on exactly the policy's prompt text.
+    prompt_template: str | None = None
+    # Tokenizer and model.
+    vocab_size: int = 384
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 256
+    # SFT: AdamW, linear warm-up then cosine decay to 10%, on reference solutions sampled without replacement.
+    sft_steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    num_threads: int = 2  # part of the result: the summation order of CPU kernels depends on it
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, only changes the cache key
+
+    @classmethod
+    def from_any(cls, cfg: WarmStartConfig | Mapping[str, Any] | None) -> WarmStartConfig:
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(
+                f"warmstart.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}"
+            )
+        values = dict(cfg)
+        if "levels" in values:
+            values["levels"] = tuple(values["levels"])
+        return cls(**values)
+
+
+def cache_key(cfg: WarmStartConfig) -> str:
+    """Hash of the config, the building code and the library versions that affect the numbers."""
+    import transformers
+
+    from sfpo_rl.data import dataset, io
+
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    for module in (arith, dataset, io, tiny_model):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
+    return digest.hexdigest()[:16]
+
+
+def ensure_warmstart(cache_dir: str | Path, cfg: WarmStartConfig | Mapping[str, Any] | None = None) -> Path:
+    """The cached warm-started model directory for `cfg`, built first when there is none."""
+    cfg = WarmStartConfig.from_any(cfg)
+    cache_dir = Path(cache_dir)
+    key = cache_key(cfg)
+    target = cache_dir / f"warmstart-{key}"
+    if (target / INFO_FILE).is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".warmstart-{key}-", dir=cache_dir))
+    try:
+        build_warmstart(tmp, cfg, key)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / INFO_FILE).is_file():  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_warmstart(out_dir: Path, cfg: WarmStartConfig, key: str = "") -> dict[str, Any]:
+    """Write data, tokenizer, and the SFT-trained model into `out_dir`; returns the SFT metrics."""
+    train_file, val_file = arith.write_arith_dataset(
+        out_dir, cfg.num_train, cfg.num_val, cfg.seed, cfg.levels
+    )
+    train_records = load_records(train_file)
+    tokenizer = tiny_model.build_tokenizer(
+        [r.prompt + r.extra_info["solution"] for r in train_records], vocab_size=cfg.vocab_size
+    )
+    model = tiny_model.build_model(
+        tokenizer,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        seed=cfg.seed,
+    )
+    examples = sft_examples(
+        [(r.prompt, r.extra_info["solution"]) for r in train_records], tokenizer, cfg.prompt_template
+    )
+    metrics = train_sft(model, examples, tokenizer.pad_token_id, cfg)
+    tiny_model.save_pretrained(model, tokenizer, out_dir)
+    info = {
+        "key": key,
+        "config": dataclasses.asdict(cfg),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "sft": metrics,
+    }
+    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
+    return metrics
+
+
+def sft_examples(
+    pairs: Sequence[tuple[str, str]], tokenizer: Any, prompt_template: str | None
+) -> list[tuple[list[int], int]]:
+    """(token ids of formatted prompt + solution + eos, prompt length): prompt and solution are tokenized
+    separately, as the policy sees them (prompt ids from the loader, response ids from the sampler)."""
+    prompts = [format_prompt(p, tokenizer, prompt_template) for p, _ in pairs]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    solution_ids = tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [(p + s + [eos], len(p)) for p, s in zip(prompt_ids, solution_ids)]
+
+
+def train_sft(
+    model: torch.nn.Module, examples: Sequence[tuple[list[int], int]], pad_id: int, cfg: WarmStartConfig
+) -> dict[str, Any]:
+    """Plain single-process SFT: mean cross-entropy over solution tokens (and eos), deterministic for a seed."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
+    )
+
+    def lr_factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.sft_steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    order: list[int] = []
+    losses = []
+    start = time.perf_counter()
+    model.train()
+    try:
+        for _ in range(cfg.sft_steps):
+            if len(order) < cfg.batch_size:
+                order += rng.sample(range(len(examples)), len(examples))
+            batch = [examples[i] for i in order[: cfg.batch_size]]
+            del order[: cfg.batch_size]
+            input_ids, attention_mask, labels = _collate(batch, pad_id)
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(previous_threads)
+    model.eval()
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": cfg.sft_steps,
+        "seconds": round(time.perf_counter() - start, 1),
+        "first_loss": round(losses[0], 4),
+        "final_loss": round(sum(tail) / len(tail), 4),  # mean over the last 10% of steps
+    }
+
+
+def _collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+    return input_ids, attention_mask, labels
+
+
+@torch.no_grad()
+def sample_accuracy(
+    model_dir: str | Path,
+    data_file: str | Path,
+    *,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    num_samples: int = 1,
+    seed: int = 0,
+    prompt_template: str | None = None,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Accuracy of transformers generation on `data_file` (temperature 0: greedy), overall and per level."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sfpo_rl.rewards import score_responses
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    records = load_records(data_file)
+    torch.manual_seed(seed)
+    responses = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        texts = [format_prompt(r.prompt, tokenizer, prompt_template) for r in chunk]
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        out = model.generate(
+            **enc,
+            **(sampling if temperature > 0 else {"do_sample": False}),
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        responses += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    repeated = [r for r in records for _ in range(num_samples)]
+    _, accs, _ = score_responses(
+        responses,
+        [r.ground_truth for r in repeated],
+        [r.data_source for r in repeated],
+        config={"timeout_mode": "signal"},
+    )
+    return accuracy_by_level(accs, [r.extra_info.get("level") for r in repeated])
+
+
+def accuracy_by_level(accs: Sequence[float], levels: Sequence[Any]) -> dict[str, float]:
+    result = {"acc": sum(accs) / len(accs)}
+    for level in sorted(set(levels) - {None}):
+        picked = [a for a, lv in zip(accs, levels) if lv == level]
+        result[f"acc_level{level}"] = sum(picked) / len(picked)
+    return result
