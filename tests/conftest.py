@@ -17,3 +17,14 @@ def tiny_model_dir(tmp_path_factory):
 
     texts = ["Compute 12 + 34 - 5. 12 + 34 = 46. 46 - 5 = 41. The answer is \\boxed{41}."] * 20
     return make_random_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0, texts=texts)
+
+
+@pytest.fixture(scope="session")
+def warmstart_cache(tmp_path_factory):
+    """A cache dir holding the built-in task's default warm-start (what `sfpo-rl-train` uses with
+    model.cache_dir pointing here), built once per session (a few minutes on 2 cores)."""
+    from sfpo_rl.tiny.warmstart import ensure_warmstart
+
+    cache = tmp_path_factory.mktemp("sfpo_cache")
+    ensure_warmstart(cache)
+    return cache

@@ -249,7 +249,10 @@ class VLLMRollout:
 
         Prompts come from the non-tensor column `prompt_token_ids` (unpadded ids) if present, else `raw_prompt`
         (text, tokenized without special tokens). `validate=True` starts from the val_* options instead of the
-        training ones. `sampling_overrides` may set any of SAMPLING_OVERRIDES for this call.
+        training ones. `sampling_overrides` may set any of SAMPLING_OVERRIDES for this call. A non-tensor
+        column `sampling_seed` (one int per prompt) seeds each prompt's requests (its n samples use seed,
+        seed + 1, ...), so a row's samples do not depend on which worker or batch position it lands in and a
+        resumed run draws the same samples; it takes precedence over a `seed` override.
         """
         self._check_weights_intact()
         params, n, temperature = self._sampling_params(n, validate, sampling_overrides)
@@ -258,6 +261,10 @@ class VLLMRollout:
         if prompt_ids:
             from vllm.inputs import TokensPrompt
 
+            if "sampling_seed" in batch.non_tensors:
+                params = [params.clone() for _ in prompt_ids]
+                for p, seed in zip(params, batch.non_tensors["sampling_seed"]):
+                    p.seed = int(seed)
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False
             )

@@ -199,6 +199,20 @@ def test_prompt_token_ids_column_equals_raw_prompt_and_validate_options(engine, 
     assert not torch.equal(from_ids["responses"][0::2], from_ids["responses"][1::2])
 
 
+def test_per_prompt_sampling_seeds_make_samples_independent_of_batch_position(engine):
+    texts = TEXTS[:3]
+    forward = prompt_batch(texts)
+    forward["sampling_seed"] = [100, 200, 300]
+    backward = prompt_batch(texts[::-1])
+    backward["sampling_seed"] = [300, 200, 100]
+    a = engine.generate(forward, n=4, temperature=1.0)
+    b = engine.generate(backward, n=4, temperature=1.0)
+    for row in range(12):  # prompt i's samples in `a` are prompt (2 - i)'s in `b`
+        prompt, sample = divmod(row, 4)
+        assert response_of(a, row) == response_of(b, (2 - prompt) * 4 + sample)
+    assert len({tuple(response_of(a, r)) for r in range(4)}) > 1  # the n samples of a prompt differ
+
+
 def test_bad_generate_inputs_raise_clear_errors(engine):
     with pytest.raises(ValueError, match=r"row 1 has \d+ tokens, more than rollout.max_prompt_length=16"):
         engine.generate(prompt_batch(["short", "a long prompt " * 10]))

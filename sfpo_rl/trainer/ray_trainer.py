@@ -1,0 +1,215 @@
+"""The single-controller driver: the paper's training loop over Ray worker groups.
+
+The driver holds no model. Each step it moves one batch through the worker groups:
+rollout -> reward -> old log-probs (-> reference log-probs) -> advantages -> SFPO or plain update -> weight
+sync, with validation and atomic checkpoints every N steps. A run resumes from its newest valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sfpo_rl.algorithms.advantages import compute_advantage
+from sfpo_rl.algorithms.kl import kl_penalty
+from sfpo_rl.algorithms.sfpo import SFPOController
+from sfpo_rl.data.loader import PromptLoader
+from sfpo_rl.protocol import Batch
+from sfpo_rl.trainer.checkpoint import CheckpointManager
+from sfpo_rl.trainer.config import Validated
+from sfpo_rl.trainer.metrics import reward_metrics, rollout_metrics, timed, validation_metrics
+from sfpo_rl.trainer.tracking import Tracker
+from sfpo_rl.trainer.workers import WorkerGroups
+
+logger = logging.getLogger(__name__)
+
+
+class RLTrainer:
+    def __init__(
+        self, cfg: Any, parts: Validated, groups: WorkerGroups, train_loader: PromptLoader, val_batch: Batch
+    ):
+        self.cfg = cfg
+        self.parts = parts
+        self.groups = groups
+        self.train_loader = train_loader
+        self.val_batch = val_batch
+        self.run_dir = Path(cfg.trainer.run_dir)
+        self.sfpo = SFPOController(parts.sfpo)
+        self.checkpoints = CheckpointManager(
+            self.run_dir, cfg.trainer.keep_last, cfg.trainer.verify_checksums
+        )
+        self.step = 0
+        self.rollouts_done = 0
+        self.train_seconds = 0.0
+        self.val_history: list[tuple[int, float]] = []
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        trainer = self.cfg.trainer
+        resumed_from = self._resume()
+        tracker = Tracker(
+            self.run_dir,
+            list(trainer.logger),
+            project=trainer.project_name,
+            experiment=trainer.experiment_name,
+            config=OmegaConf.to_container(self.cfg, resolve=True),
+            resume_from_step=resumed_from,
+        )
+        try:
+            if self.step == 0 and trainer.val_before_train:
+                tracker.log(self.validate(), step=0)
+            while self.step < trainer.total_steps:
+                self.step += 1
+                metrics = self.train_step(self.step)
+                if self._due(trainer.val_every):
+                    metrics.update(self.validate())
+                if self._due(trainer.save_every):
+                    self.save_checkpoint()
+                tracker.log(metrics, step=self.step)
+        finally:
+            tracker.close()
+        return self.summary()
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        t: dict[str, float] = {}
+        start = time.perf_counter()
+        with timed(t, "generate"):
+            prompts = next_prompts(self.train_loader, step, self.cfg.trainer.seed, self.parts.rollout.n)
+            batch = self.groups.rollout.generate(prompts)
+        with timed(t, "reward"):
+            batch = batch.union(self.groups.reward.compute_score(batch))
+        with timed(t, "old_log_prob"):
+            batch = batch.union(self.groups.actor.compute_log_prob(batch).select(keys=["old_log_probs"]))
+        if self.groups.ref is not None:
+            with timed(t, "ref_log_prob"):
+                batch = batch.union(self.groups.ref_log_probs(batch))
+        with timed(t, "advantage"):
+            batch = self.compute_advantage(batch)
+
+        plan = self.sfpo.plan(step)
+        with timed(t, "update"):
+            if plan.sfpo:
+                update = self.groups.actor.sfpo_update(batch, plan.inner_steps, plan.alpha)[0]
+            else:
+                update = self.groups.actor.update(batch)[0]
+        self.sfpo.observe(step, update["actor/entropy"])  # the entropy of this step's (slow) training pass
+        with timed(t, "sync"):
+            sync = self.groups.sync_weights()
+
+        t["timing/step"] = time.perf_counter() - start
+        self.rollouts_done += len(batch)
+        self.train_seconds += t["timing/step"]
+        stats = batch.meta.get("generation_stats", {})
+        return {
+            **rollout_metrics(batch, self.parts.rollout.max_response_length),
+            **reward_metrics(batch),
+            **update,
+            **self.sfpo.metrics(plan),
+            **sync,
+            **t,
+            "perf/gen_tokens_per_s": stats.get("tokens_per_s", 0.0),
+            "perf/tokens_per_s": float(batch["attention_mask"].sum()) / t["timing/step"],
+            "perf/rollouts": self.rollouts_done,
+            "perf/train_seconds": self.train_seconds,
+        }
+
+    def compute_advantage(self, batch: Batch) -> Batch:
+        algo = self.cfg.algorithm
+        rewards = batch["token_level_scores"]
+        if algo.use_kl_in_reward:
+            kl = kl_penalty(batch["old_log_probs"], batch["ref_log_probs"], algo.kl_penalty)
+            rewards = rewards - algo.kl_coef * kl
+        batch["token_level_rewards"] = rewards * batch["response_mask"]
+        batch["advantages"], batch["returns"] = compute_advantage(
+            algo.adv_estimator,
+            batch["token_level_rewards"],
+            batch["response_mask"],
+            batch["uid"],
+            **OmegaConf.to_container(algo.adv_options),
+        )
+        return batch
+
+    def validate(self) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        with timed(timings, "validate"):
+            batch = self.groups.rollout.generate(self.val_batch, validate=True)
+            batch = batch.union(self.groups.reward.compute_score(batch))
+        metrics = validation_metrics(batch["data_source"], batch["uid"], batch["acc"].tolist())
+        self.val_history.append((self.step, metrics["val/acc"]))
+        metrics["val/best_acc"] = max(acc for _, acc in self.val_history)
+        metrics["val/response_length"] = float(batch["response_mask"].sum(-1).float().mean())
+        return {**metrics, **timings}
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and (self.step % every == 0 or self.step == self.cfg.trainer.total_steps)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Actor shards (DCP) + driver state, committed atomically as run_dir/checkpoints/step_N."""
+        staging = self.checkpoints.staging_dir(self.step)
+        self.groups.actor.save_checkpoint(str(staging / "actor"))
+        state = {
+            "step": self.step,
+            "rollouts_done": self.rollouts_done,
+            "train_seconds": self.train_seconds,
+            "val_history": self.val_history,
+            "sfpo": self.sfpo.state_dict(),
+            "train_loader": self.train_loader.state_dict(),
+        }
+        path = self.checkpoints.commit(staging, self.step, state)
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def _resume(self) -> int | None:
+        mode = self.cfg.trainer.resume
+        if mode == "never":
+            return None
+        if mode == "auto":
+            found = self.checkpoints.latest()
+            if found is None:
+                return None
+            path, state = found
+        else:
+            path, state = Path(mode), self.checkpoints.load(mode)
+        self.groups.actor.load_checkpoint(str(path / "actor"))
+        self.step = state["step"]
+        self.rollouts_done = state["rollouts_done"]
+        self.train_seconds = state["train_seconds"]
+        self.val_history = [tuple(item) for item in state["val_history"]]
+        self.sfpo.load_state_dict(state["sfpo"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        self.groups.sync_weights()  # the engines start from the base model; give them the resumed policy
+        print(f"[sfpo_rl] resumed from {path} at step {self.step}", flush=True)
+        return self.step
+
+    def summary(self) -> dict[str, Any]:
+        vals = self.val_history
+        return {
+            "steps": self.step,
+            "val_acc_first": vals[0][1] if vals else None,
+            "val_acc_last": vals[-1][1] if vals else None,
+            "val_acc_best": max(acc for _, acc in vals) if vals else None,
+            "val_history": vals,
+            "sfpo_switched_off_after": self.sfpo.switched_off_after,
+            "rollouts": self.rollouts_done,
+            "train_seconds": self.train_seconds,
+            "run_dir": str(self.run_dir),
+        }
+
+
+def next_prompts(loader: PromptLoader, step: int, seed: int, n: int) -> Batch:
+    """The step's prompts with a uid per prompt (its n samples share it: the GRPO group) and a sampling seed
+    per prompt that depends only on (seed, step, row), so a resumed run draws exactly the same rollouts."""
+    batch = loader.next_batch()
+    batch["uid"] = [f"s{step}-{i}" for i in range(len(batch))]
+    batch["sampling_seed"] = sampling_seeds(len(batch), n, base=(seed * 1_000_003 + step) * 1_000_000)
+    return batch
+
+
+def sampling_seeds(rows: int, n: int, base: int = 0) -> list[int]:
+    """Prompt i's n samples get seeds base + i * n ... base + i * n + n - 1: all distinct."""
+    return [base + i * n for i in range(rows)]

@@ -1,0 +1,127 @@
+"""The main job end to end, as a user runs it: `sfpo-rl-train` with Hydra overrides, real Ray, real vLLM,
+real FSDP2 (2 ranks over gloo), the built-in task and warm-started tiny model; then a SIGKILL mid-run and a
+resume that continues from the last checkpoint without losing or repeating a step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from sfpo_rl.trainer.tracking import read_jsonl
+
+TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
+# Small enough for CI on 2 cores; the shapes of the default run otherwise.
+SMALL = [
+    "data.train_batch_size=8",
+    "rollout.n=4",
+    "actor.ppo_mini_batch_size=16",
+    "data.val_max_samples=32",
+    "trainer.logger=[console]",
+]
+
+
+def train_cmd(run_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
+    return [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache_dir}", *SMALL, *overrides]
+
+
+def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sfpo_run(tmp_path_factory, warmstart_cache):
+    run_dir = tmp_path_factory.mktemp("sfpo_run")
+    proc = run(
+        train_cmd(
+            run_dir,
+            warmstart_cache,
+            "trainer.total_steps=3",
+            "trainer.val_every=3",
+            "trainer.save_every=2",
+            "algorithm.sfpo.inner_steps=2",
+        )
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return run_dir, proc
+
+
+def test_sfpo_run_trains_validates_checkpoints_and_exports(sfpo_run):
+    run_dir, proc = sfpo_run
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # step 0: validation before training
+    train_rows = rows[1:]
+    assert all(r["sfpo/active"] == 1.0 for r in train_rows)
+    assert all(r["actor/n_optimizer_steps"] == 2 for r in train_rows)  # 32 rollouts / mini-batch of 16
+    assert all("sfpo/fast_loss_k1" in r and "sfpo/reposition_norm" in r for r in train_rows)
+    for r in train_rows:  # reposition shrinks the fast displacement by alpha
+        assert r["sfpo/reposition_norm"] == pytest.approx(0.8 * r["sfpo/fast_displacement_norm"], rel=1e-3)
+    assert all(0.0 <= r["reward/acc"] <= 1.0 and r["sync/load_weights_tensors"] > 0 for r in train_rows)
+    assert "val/acc" in rows[0] and "val/acc" in rows[3]
+    assert rows[1]["perf/rollouts"] == 32 and rows[3]["perf/rollouts"] == 96
+
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step_2", "step_3"]  # save_every=2 plus the last step
+    state = json.loads((run_dir / "checkpoints" / "step_3" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and len(state["sfpo"]["history"]) == 3
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["val_acc_last"] == rows[3]["val/acc"]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
+    assert model.config.model_type == "qwen2"
+    assert "[sfpo_rl] done:" in proc.stdout
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, warmstart_cache):
+    cmd = train_cmd(
+        tmp_path,
+        warmstart_cache,
+        "trainer.total_steps=4",
+        "trainer.val_every=0",
+        "trainer.val_before_train=false",
+        "trainer.save_every=2",
+        "algorithm=grpo",
+    )
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    checkpoint = tmp_path / "checkpoints" / "step_2" / "trainer_state.json"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    first.wait()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")][:2] == [1, 2]
+
+    second = run(cmd)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    assert "resumed from" in second.stdout and "at step 2" in second.stdout
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]  # nothing lost, nothing logged twice
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("actor.ppo_mini_batch_size=12", "actor.ppo_mini_batch_size must be a divisor of the 32 rollouts"),
+        ("algorithm.sfpo.alpha=1.5", "algorithm.sfpo.alpha must be a number in [0, 1]"),
+        ("actor.lrr=1", "Could not override 'actor.lrr'"),
+        ("rollout.n=many", "rollout.n=many"),
+        ("trainer.logger=[nope]", "trainer.logger"),
+    ],
+)
+def test_bad_overrides_fail_fast_with_the_option_named(tmp_path, override, message):
+    proc = run(train_cmd(tmp_path, tmp_path / "cache", override), timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()  # failed before any expensive work
