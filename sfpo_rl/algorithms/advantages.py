@@ -15,13 +15,18 @@ import torch
 
 AdvantageFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 _REGISTRY: dict[str, AdvantageFn] = {}
+_GROUPED: set[str] = set()
 
 
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+def register_advantage(name: str, grouped: bool = True) -> Callable[[AdvantageFn], AdvantageFn]:
+    """`grouped`: the estimator compares a prompt's samples with each other, so it needs n >= 2 per prompt."""
+
     def wrap(fn: AdvantageFn) -> AdvantageFn:
         if name in _REGISTRY:
             raise ValueError(f"advantage estimator {name!r} is already registered")
         _REGISTRY[name] = fn
+        if grouped:
+            _GROUPED.add(name)
         return fn
 
     return wrap
@@ -29,6 +34,10 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
 
 def advantage_estimators() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def needs_groups(name: str) -> bool:
+    return name in _GROUPED
 
 
 def compute_advantage(
@@ -134,7 +143,7 @@ def _discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float)
     return returns * mask
 
 
-@register_advantage("reinforce_plus_plus")
+@register_advantage("reinforce_plus_plus", grouped=False)
 def reinforce_plus_plus(
     token_level_rewards: torch.Tensor, response_mask: torch.Tensor, uid: Sequence[Any], gamma: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:

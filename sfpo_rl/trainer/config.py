@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sfpo_rl.algorithms.advantages import advantage_estimators
+from sfpo_rl.algorithms.advantages import advantage_estimators, needs_groups
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.sfpo import SFPOConfig
 from sfpo_rl.rewards.scoring import RewardConfig
@@ -145,6 +145,12 @@ def validate(cfg: DictConfig) -> Validated:
         algo.adv_estimator in advantage_estimators(),
         "algorithm.adv_estimator",
         f"one of {', '.join(advantage_estimators())}",
+    )
+    _need(
+        parts.rollout.n >= 2 or not needs_groups(algo.adv_estimator),
+        "rollout.n",
+        f">= 2 with algorithm.adv_estimator={algo.adv_estimator} (it compares the samples of each prompt); "
+        "use more samples or reinforce_plus_plus",
     )
     _need(algo.kl_penalty in KL_ESTIMATORS, "algorithm.kl_penalty", f"one of {', '.join(KL_ESTIMATORS)}")
     for name in ("actor_ranks_per_node", "rollout_workers_per_node", "reward_workers"):

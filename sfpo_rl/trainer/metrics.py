@@ -27,13 +27,11 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def rollout_metrics(batch: Batch, max_response_length: int) -> dict[str, float]:
-    """Rewards, accuracy, advantages, lengths and the rollout-vs-trainer log-prob mismatch of one step."""
+    """Advantages, lengths, groups without signal and the rollout-vs-trainer log-prob mismatch of one step."""
     mask = batch["response_mask"].float()
     lengths = mask.sum(-1)
     scores = batch["token_level_scores"].sum(-1)
     out = {
-        "reward/mean": float(scores.mean()),
-        "reward/acc": float(batch["acc"].float().mean()),
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
         "response_length/clip_ratio": float((lengths >= max_response_length).float().mean()),
@@ -56,15 +54,6 @@ def rollout_metrics(batch: Batch, max_response_length: int) -> dict[str, float]:
         out["rollout/log_prob_abs_diff"] = _masked_mean(diff.abs(), mask)
         out["rollout/log_prob_abs_diff_max"] = float((diff.abs() * mask).max())
     return out
-
-
-def reward_metrics(batch: Batch) -> dict[str, float]:
-    """Fractions of samples whose verifier failed or timed out (per-sample flags from the reward worker)."""
-    return {
-        f"reward/{key}_frac": float(batch[key].float().mean())
-        for key in ("verifier_error", "verifier_timeout")
-        if key in batch
-    }
 
 
 def validation_metrics(data_sources, uids, accs) -> dict[str, float]:

@@ -21,9 +21,10 @@ from sfpo_rl.data.loader import PromptLoader
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import Validated
-from sfpo_rl.trainer.metrics import reward_metrics, rollout_metrics, timed, validation_metrics
+from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
 from sfpo_rl.trainer.workers import WorkerGroups
+from sfpo_rl.workers.reward import reward_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class RLTrainer:
             experiment=trainer.experiment_name,
             config=OmegaConf.to_container(self.cfg, resolve=True),
             resume_from_step=resumed_from,
+            total_steps=trainer.total_steps,
         )
         try:
             if self.step == 0 and trainer.val_before_train:
@@ -67,9 +69,10 @@ class RLTrainer:
                 metrics = self.train_step(self.step)
                 if self._due(trainer.val_every):
                     metrics.update(self.validate())
+                # Log first: a checkpoint never runs ahead of the log, and resume drops rows past it.
+                tracker.log(metrics, step=self.step)
                 if self._due(trainer.save_every):
                     self.save_checkpoint()
-                tracker.log(metrics, step=self.step)
         finally:
             tracker.close()
         return self.summary()

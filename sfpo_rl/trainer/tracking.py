@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 class ConsoleSink:
-    """Prints one compact line per step with the numbers people watch."""
+    """Prints one compact progress line per step: position, the numbers people watch, time left."""
 
     KEYS = (
         ("reward/mean", "reward"),
@@ -66,16 +67,33 @@ class ConsoleSink:
         ("timing/step", "sec"),
     )
 
+    def __init__(self, total_steps: int | None = None, clock: Callable[[], float] = time.monotonic):
+        self.total_steps = total_steps
+        self.clock = clock
+        self.first: tuple[int, float] | None = None  # (step, time) of the first line this process printed
+
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        parts = [f"step {step}"]
+        now = self.clock()
+        position = f"step {step}" if not self.total_steps else f"step {step}/{self.total_steps}"
+        parts = [position]
         for key, short in self.KEYS:
             if key in metrics and metrics[key] is not None:
                 v = _plain(metrics[key])
                 parts.append(f"{short}={v:.4g}" if isinstance(v, float) else f"{short}={v}")
+        if self.first is None:
+            self.first = (step, now)
+        elif self.total_steps and step > self.first[0]:
+            per_step = (now - self.first[1]) / (step - self.first[0])
+            parts.append(f"eta {_duration(per_step * max(0, self.total_steps - step))}")
         print(" | ".join(parts), flush=True)
 
     def close(self) -> None:
         pass
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class TensorboardSink:
@@ -148,6 +166,7 @@ class Tracker:
         experiment: str = "run",
         config: dict | None = None,
         resume_from_step: int | None = None,
+        total_steps: int | None = None,
     ):
         unknown = [name for name in loggers if name not in KNOWN_LOGGERS]
         if unknown:
@@ -159,7 +178,7 @@ class Tracker:
         self.sinks: list[Any] = [JsonlSink(self.metrics_path, resume_from_step)]
         for name in loggers:
             if name == "console":
-                self.sinks.append(ConsoleSink())
+                self.sinks.append(ConsoleSink(total_steps))
             elif name == "tensorboard":
                 self.sinks.append(TensorboardSink(run_dir / "tensorboard"))
             elif name == "wandb":

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from sfpo_rl.trainer.tracking import read_jsonl
@@ -36,19 +38,19 @@ def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+# The run both the plain test and the resume test use: SFPO (K=2), validation at start and end, checkpoints at 2, 3.
+SFPO_RUN = (
+    "trainer.total_steps=3",
+    "trainer.val_every=3",
+    "trainer.save_every=2",
+    "algorithm.sfpo.inner_steps=2",
+)
+
+
 @pytest.fixture(scope="module")
 def sfpo_run(tmp_path_factory, warmstart_cache):
     run_dir = tmp_path_factory.mktemp("sfpo_run")
-    proc = run(
-        train_cmd(
-            run_dir,
-            warmstart_cache,
-            "trainer.total_steps=3",
-            "trainer.val_every=3",
-            "trainer.save_every=2",
-            "algorithm.sfpo.inner_steps=2",
-        )
-    )
+    proc = run(train_cmd(run_dir, warmstart_cache, *SFPO_RUN))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return run_dir, proc
 
@@ -79,16 +81,11 @@ def test_sfpo_run_trains_validates_checkpoints_and_exports(sfpo_run):
     assert "[sfpo_rl] done:" in proc.stdout
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, warmstart_cache):
-    cmd = train_cmd(
-        tmp_path,
-        warmstart_cache,
-        "trainer.total_steps=4",
-        "trainer.val_every=0",
-        "trainer.val_before_train=false",
-        "trainer.save_every=2",
-        "algorithm=grpo",
-    )
+def test_killed_run_resumes_and_matches_the_uninterrupted_run(tmp_path, warmstart_cache, sfpo_run):
+    """SIGKILL after the step-2 checkpoint, resume with trainer.resume=auto: step 3 and the final weights equal
+    those of the uninterrupted run bit for bit (same rollouts from per-prompt seeds, same shards, optimizer,
+    SFPO controller and loader position from the checkpoint)."""
+    cmd = train_cmd(tmp_path, warmstart_cache, *SFPO_RUN)
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     checkpoint = tmp_path / "checkpoints" / "step_2" / "trainer_state.json"
@@ -96,17 +93,29 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, warmstart_cache):
     while not checkpoint.exists():
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
         assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.5)
+        time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and every Ray process it started
     first.wait()
-    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")][:2] == [1, 2]
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")][:3] == [0, 1, 2]
 
     second = run(cmd)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     assert "resumed from" in second.stdout and "at step 2" in second.stdout
-    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
-    assert steps == [1, 2, 3, 4]  # nothing lost, nothing logged twice
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # nothing lost, nothing logged twice
+
+    ref_dir, _ = sfpo_run
+    resumed, uninterrupted = rows[3], read_jsonl(ref_dir / "metrics.jsonl")[3]
+    deterministic = sorted(k for k in uninterrupted if not k.startswith(("timing/", "perf/", "sync/")))
+    assert len(deterministic) > 30
+    assert {k: resumed[k] for k in deterministic} == {k: uninterrupted[k] for k in deterministic}
+    assert resumed["perf/rollouts"] == uninterrupted["perf/rollouts"] == 96
+    final, reference = (
+        load_file(tmp_path / "final_model" / "model.safetensors"),
+        load_file(ref_dir / "final_model" / "model.safetensors"),
+    )
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[k], reference[k]) for k in final)
 
 
 @pytest.mark.parametrize(

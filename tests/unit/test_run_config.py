@@ -44,6 +44,11 @@ def test_groups_switch_algorithm_and_hardware():
         (["actor.clip_ratio_c=0.5"], "actor.clip_ratio_c"),
         (["rollout.temperature=-1"], "rollout.temperature"),
         (["trainer.total_steps=0"], "trainer.total_steps must be an integer >= 1"),
+        (
+            ["rollout.n=1", "actor.ppo_mini_batch_size=16"],
+            "rollout.n must be >= 2 with algorithm.adv_estimator=grpo",
+        ),
+        (["algorithm.sfpo.alpha=1.5"], "algorithm.sfpo.alpha"),
     ],
 )
 def test_invalid_combinations_name_the_option(overrides, message):
@@ -56,3 +61,10 @@ def test_schema_rejects_unknown_keys_and_wrong_types():
         composed("actor.lrr=1")
     with pytest.raises(ConfigCompositionException, match="rollout.n=many"):
         composed("rollout.n=many")
+
+
+def test_single_sample_runs_are_allowed_with_a_batch_level_estimator():
+    cfg = composed(
+        "rollout.n=1", "actor.ppo_mini_batch_size=16", "algorithm.adv_estimator=reinforce_plus_plus"
+    )
+    assert validate(cfg).rollout.n == 1

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sfpo_rl.trainer.tracking import Tracker, read_jsonl
+from sfpo_rl.trainer.tracking import ConsoleSink, Tracker, read_jsonl
 
 
 def test_jsonl_records_every_step_and_drops_non_finite(tmp_path):
@@ -44,3 +44,13 @@ def test_console_and_tensorboard(tmp_path, capsys):
 def test_unknown_logger_is_named():
     with pytest.raises(ValueError, match=r"trainer.logger.*\['nope'\]"):
         Tracker("/tmp/unused", loggers=["console", "nope"])
+
+
+def test_console_shows_position_and_time_left(capsys):
+    ticks = iter([100.0, 110.0, 130.0])  # steps 4, 5, 6 logged at these times: 15 s per step
+    sink = ConsoleSink(total_steps=10, clock=lambda: next(ticks))
+    for step in (4, 5, 6):
+        sink.log({"reward/acc": 0.5}, step=step)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "step 4/10 | acc=0.5"  # no estimate from a single point
+    assert lines[1].endswith("eta 50s") and lines[2].endswith("eta 1m00s")
