@@ -2,8 +2,10 @@
 
 `nodes=[2, 2]` asks for 2 bundles on each of 2 nodes. Strategies:
 - `STRICT_PACK` (default): one placement group per entry of `nodes`, its bundles packed onto a single node,
-  so ranks 0..1 share a node and ranks 2..3 share a node (Ray picks which nodes; on clusters whose nodes
-  are filled by one pool each, the entries land on distinct nodes).
+  and every entry on a different node: ranks 0..1 share one node, ranks 2..3 share another (Ray picks
+  which). This is what `trainer.nnodes` means. Entries are placed one after another, each excluding the
+  nodes taken by the earlier ones (a `ray.io/node-id` label selector), so two entries never share a node
+  even when one node could hold both.
 - `PACK` / `SPREAD`: one placement group of all `sum(nodes)` bundles; Ray packs them onto as few nodes as
   possible / spreads them out. `nodes` then only fixes the bundle count.
 Rank i always runs in bundle i, in the order of `bundles()`.
@@ -11,9 +13,17 @@ Rank i always runs in bundle i, in the order of `bundles()`.
 
 from __future__ import annotations
 
+import time
+
 import ray
 from ray.exceptions import GetTimeoutError
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import (
+    NODE_ID_LABEL_KEY,
+    PlacementGroup,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
 from sfpo_rl.controller.ray_init import ensure_ray
 
@@ -53,23 +63,41 @@ class ResourcePool:
         bundle = {"CPU": cpus_per_bundle, **({"GPU": gpus_per_bundle} if use_gpu else {})}
         self.bundle = bundle
         ensure_ray()
-        if strategy == "STRICT_PACK":
-            groups = [[bundle] * n for n in self.nodes]
-        else:
-            groups = [[bundle] * self.world_size]
-        self._groups: list[PlacementGroup] = [
-            placement_group(bundles, strategy=strategy, name=f"{name}:{i}")
-            for i, bundles in enumerate(groups)
-        ]
+        self._groups: list[PlacementGroup] = []
+        deadline = time.monotonic() + ready_timeout_s
         try:
-            ray.get([pg.ready() for pg in self._groups], timeout=ready_timeout_s)
+            if strategy == "STRICT_PACK":
+                self._place_on_distinct_nodes(deadline)
+            else:
+                pg = placement_group([bundle] * self.world_size, strategy=strategy, name=f"{name}:0")
+                self._groups.append(pg)
+                ray.get(pg.ready(), timeout=max(0.0, deadline - time.monotonic()))
         except GetTimeoutError:
             self.remove()
             raise ResourcePoolError(
-                f"ResourcePool '{name}' could not place {self.nodes} bundles of {bundle} ({strategy}) within "
-                f"{ready_timeout_s:.0f} s; cluster total {_main_resources(ray.cluster_resources())}, "
+                f"ResourcePool '{name}' could not place {self.nodes} bundles of {bundle} ({strategy}"
+                f"{', one entry per node' if strategy == 'STRICT_PACK' else ''}) within {ready_timeout_s:.0f} s "
+                f"on {_alive_nodes()} alive node(s); cluster total {_main_resources(ray.cluster_resources())}, "
                 f"available {_main_resources(ray.available_resources())}"
             ) from None
+
+    def _place_on_distinct_nodes(self, deadline: float) -> None:
+        taken: list[str] = []
+        for i, n in enumerate(self.nodes):
+            selector = [{NODE_ID_LABEL_KEY: f"!in({','.join(taken)})"}] * n if taken else None
+            pg = placement_group(
+                [self.bundle] * n,
+                strategy="STRICT_PACK",
+                name=f"{self.name}:{i}",
+                bundle_label_selector=selector,
+            )
+            self._groups.append(pg)
+            ray.get(pg.ready(), timeout=max(0.0, deadline - time.monotonic()))
+            taken.append(self.node_ids()[i])
+
+    def node_ids(self) -> list[str]:
+        """The Ray node id each placement group (entry of `nodes`) was placed on."""
+        return [placement_group_table(pg)["bundles_to_node_id"][0] for pg in self._groups]
 
     @property
     def world_size(self) -> int:
@@ -89,6 +117,10 @@ class ResourcePool:
 
     def __repr__(self) -> str:
         return f"ResourcePool({self.name!r}, nodes={self.nodes}, bundle={self.bundle}, {self.strategy})"
+
+
+def _alive_nodes() -> int:
+    return sum(1 for node in ray.nodes() if node["Alive"])
 
 
 def _main_resources(resources: dict[str, float]) -> dict[str, float]:

@@ -65,4 +65,16 @@ def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGr
     ref = None
     if parts.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward:
         ref = RayWorkerGroup(pool("ref", nodes), ActorWorker, "ref", model_path, parts.actor)
+    for group in (actor, rollout, reward, ref):
+        if group is not None:
+            print(f"[sfpo_rl] placement: {describe_placement(group)}", flush=True)
     return WorkerGroups(actor=actor, rollout=rollout, reward=reward, ref=ref)
+
+
+def describe_placement(group: RayWorkerGroup) -> str:
+    """Which ranks run on which Ray node, e.g. `actor: node 10.0.0.1/6b1f2c3d ranks [0, 1]; node ...`."""
+    by_node: dict[tuple[str, str], list[int]] = {}
+    for rank, info in enumerate(group.worker_info):
+        by_node.setdefault((info["ip"], info["node_id"][:8]), []).append(rank)
+    nodes = "; ".join(f"node {ip}/{node} ranks {ranks}" for (ip, node), ranks in by_node.items())
+    return f"{group.role}: {nodes}"
