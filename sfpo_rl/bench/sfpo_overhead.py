@@ -1,0 +1,254 @@
+"""SFPO's cost over plain updates, on the real 2-rank FSDP2 actor (gloo, float32 on CPU).
+
+Time: one `sfpo_update` (K fast passes, reposition, slow pass) against K + 1 `update` calls on the same batch,
+in the same processes, alternating which goes first in each repeat. SFPO's extra work over K + 1 updates is
+one copy of the local shard, one in-place lerp and two norm all-reduces, so the target is a ratio <= 1.03.
+
+Memory: peak resident memory of each rank during `sfpo_update` and during `update`, above the resident
+memory when the call starts (the kernel's VmHWM, reset through /proc/self/clear_refs). A separate job runs
+with glibc set to return every freed block to the kernel at once, so the peak follows live tensors (with
+pooled malloc, memory freed by one phase is reused unseen by the next). Why not torch's memory profiler:
+it misses FSDP2's frees of all-gathered parameters (done by resizing storage to 0). The target: sfpo_update
+peaks at most one local shard above update (the slow copy); a second copy (fast weights, a full-parameter
+clone) would add at least another shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, snapshot_
+from sfpo_rl.bench.common import bench_main, median, row
+from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV, run_ranks
+from sfpo_rl.bench.workload import actor_config, make_model, prepared_actor, synthetic_rollouts, timed
+from sfpo_rl.workers.fsdp_utils import all_reduce_sum, local_shards
+
+NAME = "sfpo_overhead"
+WORLD = 2
+MIB = 2**20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inner-steps", type=int, default=3, help="SFPO's K")
+    parser.add_argument("--alpha", type=float, default=0.8)
+    parser.add_argument("--hidden-size", type=int, default=256, help="256 x 4 layers: a 6 MiB local shard")
+    parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument(
+        "--rows", type=int, default=None, help="rollouts per update; default 16 quick, 64 full"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed pairs; default 3 quick, 5 full")
+
+
+def _time_job(rank: int, model_dir: str, batch, config: dict, k: int, alpha: float, repeats: int) -> dict:
+    actor, local = prepared_actor(rank, WORLD, model_dir, batch, config)
+
+    def sfpo():
+        actor.sfpo_update(local, k, alpha)
+
+    def plain():
+        for _ in range(k + 1):
+            actor.update(local)
+
+    sfpo()  # warm-up: Adam state exists, code paths are paged in
+    plain()
+    times: dict[str, list[tuple[float, float]]] = {"sfpo": [], "plain": []}
+    for i in range(repeats):
+        order = ("sfpo", "plain") if i % 2 == 0 else ("plain", "sfpo")
+        for name in order:
+            times[name].append(timed(sfpo if name == "sfpo" else plain))
+    times["sfpo_only_ops"] = [timed(lambda: _sfpo_only_ops(actor, alpha)) for _ in range(5)]
+    return times
+
+
+def _sfpo_only_ops(actor, alpha: float) -> None:
+    """What sfpo_update does besides its K + 1 ordinary passes: snapshot the local shard, two global
+    displacement norms, the in-place reposition."""
+    shards = local_shards(actor.params)
+    slow = snapshot_(shards)
+    all_reduce_sum(displacement_norm(shards, slow).reshape(1) ** 2)
+    reposition_(shards, slow, alpha)
+    all_reduce_sum(displacement_norm(shards, slow).reshape(1) ** 2)
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_rss_above_start(fn) -> int:
+    """Peak resident bytes of this process while fn runs, above its resident bytes when fn starts."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    start = _rss("VmRSS:")
+    fn()
+    return _rss("VmHWM:") - start
+
+
+def _memory_job(rank: int, model_dir: str, batch, config: dict, k: int, alpha: float) -> dict:
+    actor, local = prepared_actor(rank, WORLD, model_dir, batch, config)
+    actor.update(local)
+    actor.sfpo_update(local, k, alpha)
+    update_peaks, sfpo_peaks = [], []
+    for _ in range(2):  # the minimum of two damps page-level noise
+        update_peaks.append(peak_rss_above_start(lambda: actor.update(local)))
+        sfpo_peaks.append(peak_rss_above_start(lambda: actor.sfpo_update(local, k, alpha)))
+    params = actor.params
+    return {
+        "shard_bytes": sum(p.to_local().numel() * p.to_local().element_size() for p in params),
+        "full_bytes": sum(p.numel() * p.element_size() for p in params),
+        "update_peak_bytes": min(update_peaks),
+        "sfpo_peak_bytes": min(sfpo_peaks),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    hidden = args.hidden_size
+    rows = args.rows or (16 if args.quick else 64)
+    repeats = args.repeats or (3 if args.quick else 5)
+    prompt_width, response_width = (16, 48) if args.quick else (32, 96)
+    k, alpha = args.inner_steps, args.alpha
+    if rows % (2 * WORLD):
+        raise ValueError(f"--rows must be a multiple of {2 * WORLD} (two mini-batches split over 2 ranks)")
+    config = actor_config(rows)
+    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
+        model_dir = make_model(Path(tmp) / "model", hidden, args.num_layers)
+        from transformers import AutoConfig
+
+        hf = AutoConfig.from_pretrained(model_dir)
+        batch = synthetic_rollouts(hf.vocab_size, hf.pad_token_id, rows, prompt_width, response_width)
+        timing = run_ranks(_time_job, str(model_dir), batch, config, k, alpha, repeats, world_size=WORLD)
+        memory = run_ranks(
+            _memory_job, str(model_dir), batch, config, k, alpha, world_size=WORLD, env=EAGER_FREE_MALLOC_ENV
+        )
+
+    # Per repeat: wall time of the slower rank (collectives keep the ranks together), CPU time of both ranks.
+    def per_repeat(name: str) -> tuple[list[float], list[float]]:
+        wall = [max(r[name][i][0] for r in timing) for i in range(repeats)]
+        cpu = [sum(r[name][i][1] for r in timing) for i in range(repeats)]
+        return wall, cpu
+
+    (sfpo_wall, sfpo_cpu), (plain_wall, plain_cpu) = per_repeat("sfpo"), per_repeat("plain")
+    wall_ratios = [s / p for s, p in zip(sfpo_wall, plain_wall)]
+    cpu_ratios = [s / p for s, p in zip(sfpo_cpu, plain_cpu)]
+    ops_wall = min(
+        max(r["sfpo_only_ops"][i][0] for r in timing) for i in range(len(timing[0]["sfpo_only_ops"]))
+    )
+    ops_fraction = ops_wall / min(plain_wall)
+    time_table = [
+        [
+            i,
+            sfpo_wall[i],
+            plain_wall[i],
+            sfpo_wall[i] / plain_wall[i],
+            sfpo_cpu[i],
+            plain_cpu[i],
+            sfpo_cpu[i] / plain_cpu[i],
+        ]
+        for i in range(repeats)
+    ]
+    mem_table, extra_shards = [], []
+    for rank, m in enumerate(memory):
+        extra = m["sfpo_peak_bytes"] - m["update_peak_bytes"]
+        extra_shards.append(extra / m["shard_bytes"])
+        mem_table.append(
+            [
+                rank,
+                m["shard_bytes"] / MIB,
+                m["full_bytes"] / MIB,
+                m["update_peak_bytes"] / MIB,
+                m["sfpo_peak_bytes"] / MIB,
+                extra / MIB,
+                extra / m["shard_bytes"],
+            ]
+        )
+    worst = max(extra_shards)
+
+    def spread(ratios: list[float]) -> str:
+        return f"target <= 1.03; median of {repeats} repeats spanning {min(ratios):.3f}-{max(ratios):.3f}"
+
+    return {
+        "rows": [
+            row(
+                f"sfpo_update(K={k}) / {k + 1} x update, wall", median(wall_ratios), "x", spread(wall_ratios)
+            ),
+            row(f"sfpo_update(K={k}) / {k + 1} x update, CPU", median(cpu_ratios), "x", spread(cpu_ratios)),
+            row(
+                f"SFPO-only ops / {k + 1} x update",
+                ops_fraction,
+                "fraction",
+                f"snapshot + reposition + 2 norms, timed alone ({ops_wall * 1e3:.1f} ms): the overhead free of "
+                "pass-to-pass noise",
+            ),
+            row(
+                "sfpo_update wall time",
+                median(sfpo_wall),
+                "s",
+                f"{rows} rollouts, hidden {hidden}, {args.num_layers} layers",
+            ),
+            row(
+                "sfpo_update peak - update peak, memory",
+                worst,
+                "local shards",
+                f"target <= 1 shard (+ page noise): {'met' if worst <= 1.15 else 'NOT met'}; "
+                f"shard {memory[0]['shard_bytes'] / MIB:.2f} MiB; worst rank",
+            ),
+        ],
+        "tables": {
+            "time per repeat (s; wall: slower rank, CPU: both ranks)": (
+                [
+                    "repeat",
+                    "sfpo wall",
+                    f"{k + 1}x update wall",
+                    "ratio",
+                    "sfpo CPU",
+                    f"{k + 1}x update CPU",
+                    "ratio",
+                ],
+                time_table,
+            ),
+            "peak memory per rank (MiB above the resident set at the call's start)": (
+                ["rank", "local shard", "full model", "update peak", "sfpo peak", "extra", "extra / shard"],
+                mem_table,
+            ),
+        },
+        "notes": [
+            "Memory: peak RSS (VmHWM reset via /proc/self/clear_refs) above the RSS at the call's start, in a "
+            "job whose glibc returns freed memory at once; minimum of 2 calls each after a warm-up.",
+            "Time: the two variants alternate which runs first; ratios are medians of per-repeat ratios. CPU "
+            "time (process_time of both ranks) is less disturbed by other jobs on a shared machine than wall.",
+        ],
+        "config": {
+            "hidden_size": hidden,
+            "num_layers": args.num_layers,
+            "rows": rows,
+            "prompt_width": prompt_width,
+            "response_width": response_width,
+            "K": k,
+            "alpha": alpha,
+            "actor": config,
+        },
+        "timing": {
+            "sfpo_wall_s": sfpo_wall,
+            "plain_wall_s": plain_wall,
+            "sfpo_cpu_s": sfpo_cpu,
+            "plain_cpu_s": plain_cpu,
+            "sfpo_only_ops_wall_s": ops_wall,
+        },
+        "memory": memory,
+    }
+
+
+def main(argv=None) -> dict[str, Any]:
+    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The workloads the benchmarks run on: a random tiny Qwen2 of a chosen size, arithmetic prompts like the
+built-in task's, and a synthetic rollout batch with the padded layout the rollout engine produces."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sfpo_rl.data import arith
+from sfpo_rl.protocol import Batch
+from sfpo_rl.tiny.model import make_random_tiny_model
+
+
+def arith_prompts(count: int, seed: int = 0) -> list[str]:
+    """`count` prompts of the built-in task (levels 1-4 in turn), reproducible from `seed`."""
+    rng = random.Random(seed)
+    return [arith.generate_problem(rng, arith.LEVELS[i % len(arith.LEVELS)]).prompt for i in range(count)]
+
+
+def make_model(out_dir: Path, hidden_size: int, num_layers: int, seed: int = 0) -> Path:
+    """A random Qwen2 (head_dim 32, 2 query heads per kv head) whose tokenizer is trained on task text."""
+    rng = random.Random(seed)
+    texts = [
+        f"{p.prompt}{p.solution}"
+        for p in (arith.generate_problem(rng, level) for level in arith.LEVELS for _ in range(50))
+    ]
+    heads = max(2, hidden_size // 32)
+    return make_random_tiny_model(
+        out_dir,
+        seed=seed,
+        texts=texts,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=heads,
+        num_kv_heads=heads // 2,
+    )
+
+
+def synthetic_rollouts(
+    vocab_size: int, pad_id: int, rows: int, prompt_width: int, response_width: int, seed: int = 0
+) -> Batch:
+    """`rows` rollouts: prompts left-padded to `prompt_width` (lengths in [width/2, width]), responses
+    right-padded to `response_width` (lengths in [width/2, width]), GRPO-like +-1 advantages. Everything the
+    actor's update needs except `old_log_probs` (compute them with the actor, so ratios start at 1)."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_lens = torch.randint(max(1, prompt_width // 2), prompt_width + 1, (rows,), generator=g)
+    response_lens = torch.randint(max(1, response_width // 2), response_width + 1, (rows,), generator=g)
+    prompts = torch.full((rows, prompt_width), pad_id)
+    responses = torch.full((rows, response_width), pad_id)
+    prompt_mask = torch.zeros(rows, prompt_width, dtype=torch.long)
+    response_mask = torch.zeros(rows, response_width, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_lens.tolist(), response_lens.tolist())):
+        prompts[i, prompt_width - p :] = torch.randint(0, vocab_size, (p,), generator=g)
+        prompt_mask[i, prompt_width - p :] = 1
+        responses[i, :r] = torch.randint(0, vocab_size, (r,), generator=g)
+        response_mask[i, :r] = 1
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    signs = torch.randint(0, 2, (rows, 1), generator=g).float() * 2 - 1
+    return Batch.from_dict(
+        {
+            "prompts": prompts,
+            "responses": responses,
+            "input_ids": torch.cat([prompts, responses], dim=1),
+            "attention_mask": attention_mask,
+            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+            "response_mask": response_mask,
+            "advantages": signs * response_mask,
+        },
+        meta={"temperature": 1.0},
+    )
+
+
+def actor_config(rows: int) -> dict[str, Any]:
+    """The embedded default's objective (sfpo_rl's tiny_arith experiment), two optimizer steps per pass."""
+    return dict(
+        lr=1e-5,
+        weight_decay=0.0,
+        lr_schedule="constant",
+        ppo_mini_batch_size=rows // 2,
+        micro_batch_size_per_gpu=8,
+        log_prob_micro_batch_size=16,
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        entropy_coeff=0.001,
+    )
+
+
+def prepared_actor(rank: int, world_size: int, model_dir: str, batch: Batch, config: dict[str, Any]):
+    """This rank's FSDPActor and its contiguous chunk of `batch`, with old_log_probs from the actor itself."""
+    from sfpo_rl.workers.actor import FSDPActor
+
+    actor = FSDPActor(model_dir, config)
+    local = batch.split(world_size)[rank]
+    local["old_log_probs"] = actor.compute_log_prob(local)["old_log_probs"]
+    return actor, local
+
+
+def timed(fn) -> tuple[float, float]:
+    """Wall seconds between barriers (every rank waits for the slowest) and this process's CPU seconds (all
+    its threads) for fn(); collective."""
+    dist.barrier()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    cpu = time.process_time() - cpu
+    dist.barrier()
+    return time.perf_counter() - wall, cpu
