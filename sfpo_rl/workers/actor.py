@@ -15,6 +15,12 @@ whatever the micro-batch sizes and however tokens fall across ranks.
 SFPO (DESIGN.md): the slow copy is a snapshot of this rank's local shards only (optionally in host memory), the
 fast trajectory runs the ordinary update loop K times in place, and the reposition is in place on the local
 shards, so no full parameter is ever gathered and no second copy of the fast weights exists.
+
+Non-finite numbers never reach the weights: an optimizer step whose loss or gradient norm is non-finite on any
+rank is skipped (gradients dropped, parameters and Adam state untouched) and counted in `actor/skipped_steps`.
+In SFPO a fast pass with a skipped step ends the fast trajectory: the slow copy is restored and the slow pass
+runs from theta(s, 0), a plain update (`sfpo/fast_restored` = 1). The trainer counts such steps and stops a run
+that keeps producing them.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
 from sfpo_rl.algorithms.policy_loss import agg_loss, ppo_clip_loss
-from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, snapshot_
+from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, restore_, snapshot_
 from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
 from sfpo_rl.workers import checkpoint
@@ -204,13 +210,14 @@ class FSDPActor:
     def update(self, batch: Batch) -> dict[str, float]:
         """One ordinary policy update (ppo_epochs x mini-batches); the LR schedule advances once."""
         data = self._training_data(batch)
-        return self._finish_step(self._policy_pass(data, pass_index=0))
+        return self._finish_step(self._policy_pass(data, pass_index=0, stage="update"))
 
     def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> dict[str, float]:
         """One SFPO step: K fast updates, reposition theta0 + alpha (thetaK - theta0), one slow update.
 
         Returns the slow pass's metrics plus `sfpo/*` diagnostics. Adam moments carry through all K + 1 passes;
-        the LR schedule advances once for the whole step.
+        the LR schedule advances once for the whole step. A fast pass with a non-finite step (or fast weights that
+        went non-finite) discards the fast trajectory: the slow copy is restored before the slow pass.
         """
         if not (isinstance(inner_steps, int) and inner_steps >= 1):
             raise ValueError(f"sfpo_update: inner_steps must be an integer >= 1, got {inner_steps!r}")
@@ -222,14 +229,23 @@ class FSDPActor:
         slow = snapshot_(shards, device=slow_device)
         sfpo: dict[str, float] = {"sfpo/fast_skipped_steps": 0.0}
         for k in range(inner_steps):
-            fast = self._policy_pass(data, pass_index=k)
+            fast = self._policy_pass(data, pass_index=k, stage=f"fast{k}")
             sfpo[f"sfpo/fast_loss_k{k}"] = fast["actor/pg_loss"]
             sfpo["sfpo/fast_skipped_steps"] += fast["actor/skipped_steps"]
-        sfpo["sfpo/fast_displacement_norm"] = self._global_norm(displacement_norm(shards, slow))
-        reposition_(shards, slow, float(alpha))
+            if fast["actor/skipped_steps"]:  # the same on every rank (the checks are global)
+                break
+        displacement = self._global_norm(displacement_norm(shards, slow))
+        sfpo["sfpo/fast_displacement_norm"] = displacement
+        fast_failed = sfpo["sfpo/fast_skipped_steps"] > 0 or not math.isfinite(displacement)
+        if fast_failed:
+            logger.warning("actor: SFPO fast trajectory went non-finite; slow weights restored")
+            restore_(shards, slow)
+        else:
+            reposition_(shards, slow, float(alpha))
+        sfpo["sfpo/fast_restored"] = float(fast_failed)
         sfpo["sfpo/reposition_norm"] = self._global_norm(displacement_norm(shards, slow))
         del slow  # the slow pass runs without the snapshot
-        metrics = self._policy_pass(data, pass_index=inner_steps)
+        metrics = self._policy_pass(data, pass_index=inner_steps, stage="slow")
         sfpo["sfpo/slow_loss"] = metrics["actor/pg_loss"]
         return self._finish_step({**metrics, **sfpo})
 
@@ -276,9 +292,12 @@ class FSDPActor:
         )
         return torch.randperm(n_rows, generator=generator)
 
-    def _policy_pass(self, data: Batch, pass_index: int) -> dict[str, float]:
-        """One ordinary update: ppo_epochs x (mini-batches, each one optimizer step). Global metrics."""
+    def _policy_pass(self, data: Batch, pass_index: int, stage: str) -> dict[str, float]:
+        """One ordinary update: ppo_epochs x (mini-batches, each one optimizer step). Global metrics. `stage`
+        (update, fast<k>, slow) names the pass for `actor.inject_nonfinite_loss`."""
         cfg = self.config
+        step = self.scheduler.last_epoch + 1  # 1-based: the schedule advances once per training step
+        poison = bool({str(step), f"{step}:{stage}"} & set(cfg.inject_nonfinite_loss))
         temperature = self._temperature(data)
         local_mini = cfg.ppo_mini_batch_size // self.world_size
         sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64, device=self.device)
@@ -292,7 +311,7 @@ class FSDPActor:
                 rows = (
                     slice(first, first + local_mini) if order is None else order[first : first + local_mini]
                 )
-                grad_norm = self._optimizer_step(data[rows], temperature, sums, ratio_max)
+                grad_norm = self._optimizer_step(data[rows], temperature, sums, ratio_max, poison)
                 grad_norms.append(grad_norm)
                 skipped += not math.isfinite(grad_norm)
         sums = all_reduce_sum(sums)
@@ -317,11 +336,13 @@ class FSDPActor:
         return metrics
 
     def _optimizer_step(
-        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor
+        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
     ) -> float:
-        """Accumulate the mini-batch's gradient over micro-batches, clip, step. Returns the global grad norm;
-        a non-finite one skips the step (gradients dropped, parameters and Adam state untouched)."""
+        """Accumulate the mini-batch's gradient over micro-batches, clip, step. Returns the global grad norm, NaN
+        when the loss was non-finite on any rank; a non-finite result skips the step (gradients dropped,
+        parameters and Adam state untouched)."""
         cfg = self.config
+        nonfinite_loss = torch.zeros(1, dtype=torch.float64, device=self.device)
         counts = all_reduce_sum(
             torch.stack(
                 [
@@ -357,6 +378,9 @@ class FSDPActor:
                 kl = kl_penalty(log_prob, micro["ref_log_probs"], cfg.kl_loss_type)
                 kl_loss = agg_loss(kl, mask, cfg.loss_agg_mode, num_tokens=num_tokens, num_seqs=num_seqs)
                 loss = loss + cfg.kl_loss_coef * kl_loss
+            if poison:
+                loss = loss * math.nan
+            nonfinite_loss += (~torch.isfinite(loss.detach())).double()
             (loss * self.world_size).backward()
 
             micro_tokens = mask.sum()
@@ -378,10 +402,13 @@ class FSDPActor:
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
         grad_norm = float(grad_norm.item())
+        dist.all_reduce(nonfinite_loss, op=dist.ReduceOp.MAX)
+        if nonfinite_loss.item():
+            grad_norm = math.nan
         if math.isfinite(grad_norm):
             self.optimizer.step()
         else:
-            logger.warning("actor: non-finite gradient norm (%s); optimizer step skipped", grad_norm)
+            logger.warning("actor: non-finite loss or gradient norm; optimizer step skipped")
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
@@ -13,6 +14,8 @@ from sfpo_rl.workers.optim import SCHEDULES
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
 SLOW_COPY_DEVICES = ("same", "cpu")
+# "<step>" or "<step>:<pass>", pass = update (a plain update), fast<k> (SFPO fast pass k), slow (SFPO slow pass)
+INJECTION_POINT = re.compile(r"^[1-9]\d*(:(update|slow|fast\d+))?$")
 
 
 @dataclass
@@ -49,6 +52,9 @@ class ActorConfig:
     reduce_dtype: str = "float32"  # gradient reduce-scatter dtype
     activation_checkpointing: bool = False
     sfpo_slow_copy_device: str = "same"  # where SFPO keeps its slow copy of the local shard: "same" | "cpu"
+    # Testing only: make the loss NaN at these points to exercise the non-finite handling end to end. An entry
+    # is a training step (1-based), "3", or a step and one pass of it: "3:update", "3:fast0", "3:slow".
+    inject_nonfinite_loss: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -121,6 +127,16 @@ class ActorConfig:
             "sfpo_slow_copy_device",
             f"one of {', '.join(SLOW_COPY_DEVICES)}",
         )
+        points = self.inject_nonfinite_loss
+        bad = (
+            [points] if isinstance(points, str) else [p for p in points if not INJECTION_POINT.match(str(p))]
+        )
+        _require(
+            not bad,
+            "inject_nonfinite_loss",
+            f'a list of "<step>" or "<step>:<pass>" (pass: update, slow, fast<k>), e.g. ["3", "4:fast0"]; got {bad}',
+        )
+        self.inject_nonfinite_loss = [str(p) for p in points]
 
     @property
     def resolved_warmup_steps(self) -> int:
