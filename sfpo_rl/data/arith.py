@@ -31,6 +31,8 @@ MUL_PHRASES = {2: "doubles them", 3: "triples them"}
 # Per level: largest start value, largest added / subtracted amount, may multiply.
 _LEVEL_LIMITS = {1: (29, 9, False), 2: (49, 19, False), 3: (99, 29, True), 4: (199, 49, True)}
 _MAX_VALUE = 999
+# Even the rarest level-1 problem (about 1 in 500 draws) turns up well within this many draws.
+_MAX_MISSES = 20_000
 
 
 @dataclass(frozen=True)
@@ -90,16 +92,18 @@ def generate_split(
     rng = random.Random(f"arith-{split}-{seed}")
     problems: list[ArithProblem] = []
     seen: set[str] = set()
-    attempts = 0
+    misses = 0  # draws in a row that gave nothing usable: many means the levels have run out of problems
     while len(problems) < num_problems:
-        attempts += 1
-        if attempts > 1000 * max(num_problems, 1):
-            raise ValueError(
-                f"cannot find {num_problems} distinct {split} problems at levels {tuple(levels)}"
-            )
         problem = generate_problem(rng, rng.choice(levels))
         if split_of(problem.key, val_fraction) != split or (split == "val" and problem.key in seen):
+            misses += 1
+            if misses > _MAX_MISSES:
+                raise ValueError(
+                    f"cannot find {num_problems} distinct {split} problems at levels {tuple(levels)} "
+                    f"(found {len(problems)})"
+                )
             continue
+        misses = 0
         seen.add(problem.key)
         problems.append(problem)
     return problems

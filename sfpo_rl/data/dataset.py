@@ -21,7 +21,7 @@ from sfpo_rl.data.io import DataError, read_rows
 
 logger = logging.getLogger(__name__)
 
-OVERLONG_MODES = ("filter", "left_truncate", "error")
+OVERLONG_MODES = ("filter", "truncate", "error")  # truncate keeps the last tokens (the question's end)
 PROMPT_PLACEHOLDER = "{prompt}"
 
 
@@ -56,7 +56,8 @@ def parse_record(row: dict[str, Any], where: str) -> PromptRecord:
             f"{where}: field 'prompt' must be a non-empty string or list of chat messages, got {prompt!r}"
         )
 
-    if "ground_truth" not in row and isinstance(row.get("reward_model"), dict):
+    # verl-style rows keep it in reward_model; a parquet file mixing both styles has nulls in either column.
+    if row.get("ground_truth") is None and isinstance(row.get("reward_model"), dict):
         ground_truth = _field(row["reward_model"], "ground_truth", where, prefix="reward_model.")
     else:
         ground_truth = _field(row, "ground_truth", where)
@@ -108,7 +109,9 @@ def format_prompt(prompt: str | list[dict[str, str]], tokenizer: Any, template: 
 
 
 class PromptDataset:
-    """Formatted, tokenized prompts; over-long prompts are filtered (counted), left-truncated, or an error."""
+    """Formatted, tokenized prompts; over-long prompts are filtered (counted), left-truncated (counted), or an
+    error. Option names in messages are the trainer's: `rollout.max_prompt_length`, `data.overlong_prompts`,
+    `data.prompt_template`."""
 
     def __init__(
         self,
@@ -120,7 +123,9 @@ class PromptDataset:
         prompt_template: str | None = None,
     ):
         if overlong not in OVERLONG_MODES:
-            raise ValueError(f"data.overlong must be one of {', '.join(OVERLONG_MODES)}, got {overlong!r}")
+            raise ValueError(
+                f"data.overlong_prompts must be one of {', '.join(OVERLONG_MODES)}, got {overlong!r}"
+            )
         if prompt_template is not None and PROMPT_PLACEHOLDER not in prompt_template:
             raise ValueError(
                 f"data.prompt_template must contain {PROMPT_PLACEHOLDER}, got {prompt_template!r}"
@@ -130,7 +135,7 @@ class PromptDataset:
             or not isinstance(max_prompt_length, int)
             or max_prompt_length < 1
         ):
-            raise ValueError(f"data.max_prompt_length must be an integer >= 1, got {max_prompt_length!r}")
+            raise ValueError(f"rollout.max_prompt_length must be an integer >= 1, got {max_prompt_length!r}")
         self.files = [str(files)] if isinstance(files, str | Path) else [str(f) for f in files]
         records = load_records(files)
         texts = [format_prompt(r.prompt, tokenizer, prompt_template) for r in records]
@@ -143,8 +148,8 @@ class PromptDataset:
             if len(ids) > max_prompt_length:
                 if overlong == "error":
                     raise DataError(
-                        f"{record.where}: prompt has {len(ids)} tokens > data.max_prompt_length="
-                        f"{max_prompt_length}; raise the limit or set data.overlong=filter"
+                        f"{record.where}: prompt has {len(ids)} tokens > rollout.max_prompt_length="
+                        f"{max_prompt_length}; raise the limit or set data.overlong_prompts=filter"
                     )
                 if overlong == "filter":
                     self.num_filtered += 1
@@ -172,7 +177,7 @@ class PromptDataset:
         if not self.items:
             raise DataError(
                 f"{', '.join(self.files)}: all {len(records)} prompts are longer than "
-                f"data.max_prompt_length={max_prompt_length}"
+                f"rollout.max_prompt_length={max_prompt_length}"
             )
 
     def __len__(self) -> int:

@@ -76,7 +76,9 @@ def write_records(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(records), path)
+        # Columns from every record (from_pylist would take them from the first one only).
+        columns = list(dict.fromkeys(key for record in records for key in record))
+        pq.write_table(pa.table({key: [record.get(key) for record in records] for key in columns}), path)
     elif path.suffix in (".jsonl", ".json"):
         with path.open("w", encoding="utf-8") as f:
             for record in records:

@@ -11,9 +11,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sfpo_rl.rewards import verifiers  # noqa: F401  (registers the built-in verifiers)
 from sfpo_rl.rewards.registry import (
@@ -34,6 +32,9 @@ from sfpo_rl.rewards.timeout import (
     score_with_timeout,
     signal_timeout_available,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,8 @@ def score_responses(
 
 def token_level_scores(scores: Sequence[float] | torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """[B, R] float32 zeros with each row's score on its last valid response token (mask may have holes)."""
+    import torch  # here, not at module level: verifier child processes import this module and need no torch
+
     mask = response_mask.bool()
     if mask.dim() != 2:
         raise ValueError(f"response_mask must be [batch, response_length], got shape {tuple(mask.shape)}")

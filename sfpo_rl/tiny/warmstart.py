@@ -258,13 +258,13 @@ def sample_accuracy(
         )
         responses += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     repeated = [r for r in records for _ in range(num_samples)]
-    _, accs, _ = score_responses(
+    outcomes = score_responses(
         responses,
         [r.ground_truth for r in repeated],
         [r.data_source for r in repeated],
         config={"timeout_mode": "signal"},
     )
-    return accuracy_by_level(accs, [r.extra_info.get("level") for r in repeated])
+    return accuracy_by_level([float(o.acc) for o in outcomes], [r.extra_info.get("level") for r in repeated])
 
 
 def accuracy_by_level(accs: Sequence[float], levels: Sequence[Any]) -> dict[str, float]:
