@@ -79,3 +79,13 @@ def test_synthetic_rollouts_have_the_rollout_engines_padded_layout():
         assert batch["position_ids"][i, -10 + r - 1] == p + r - 1  # the last real token's position
     assert set(batch["advantages"][response_mask.bool()].tolist()) <= {-1.0, 1.0}
     assert (batch["advantages"][~response_mask.bool()] == 0).all()
+
+
+def test_runner_rejects_an_unknown_benchmark_by_name(capsys):
+    from sfpo_rl.bench.__main__ import BENCHMARKS, parse_args
+
+    assert parse_args(["--only", "throughput, rollout"]).only == ["throughput", "rollout"]
+    assert parse_args([]).only == list(BENCHMARKS)
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "rollout,speed"])
+    assert "--only: unknown benchmark 'speed'" in capsys.readouterr().err
