@@ -1,0 +1,3 @@
+"""System benchmarks (issue 6): rollout engine throughput, weight sync, SFPO overhead, step-time breakdown and
+update throughput. Each module runs alone (`python -m sfpo_rl.bench.<name> --out DIR [--quick]`), prints its
+tables and writes DIR/<name>.json; `python -m sfpo_rl.bench` runs them all and prints one table."""
