@@ -18,7 +18,6 @@ import time
 import ray
 from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import (
-    NODE_ID_LABEL_KEY,
     PlacementGroup,
     placement_group,
     placement_group_table,
@@ -28,6 +27,7 @@ from ray.util.placement_group import (
 from sfpo_rl.controller.ray_init import ensure_ray
 
 STRATEGIES = ("STRICT_PACK", "PACK", "SPREAD")
+NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries its own id under this label
 
 
 class ResourcePoolError(RuntimeError):
@@ -84,12 +84,11 @@ class ResourcePool:
     def _place_on_distinct_nodes(self, deadline: float) -> None:
         taken: list[str] = []
         for i, n in enumerate(self.nodes):
-            selector = [{NODE_ID_LABEL_KEY: f"!in({','.join(taken)})"}] * n if taken else None
+            options = {}
+            if taken:  # label selectors need a recent Ray (2.60 is tested); one-node pools do without them
+                options["bundle_label_selector"] = [{NODE_ID_LABEL: f"!in({','.join(taken)})"}] * n
             pg = placement_group(
-                [self.bundle] * n,
-                strategy="STRICT_PACK",
-                name=f"{self.name}:{i}",
-                bundle_label_selector=selector,
+                [self.bundle] * n, strategy="STRICT_PACK", name=f"{self.name}:{i}", **options
             )
             self._groups.append(pg)
             ray.get(pg.ready(), timeout=max(0.0, deadline - time.monotonic()))

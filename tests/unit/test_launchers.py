@@ -213,7 +213,6 @@ RAYJOB_SPEC_KEYS = {
     "entrypoint",
     "shutdownAfterJobFinishes",
     "ttlSecondsAfterFinished",
-    "backoffLimit",
     "activeDeadlineSeconds",
     "submissionMode",
     "runtimeEnvYAML",
