@@ -4,7 +4,8 @@ A checkpoint is written into `checkpoints/.tmp-step_N/` (the actor ranks write t
 `actor/`, the driver writes `trainer_state.json`), then `MANIFEST.json` (size and sha256 of every file) is
 written last and the directory is renamed to `checkpoints/step_N`. A crash at any point before the rename
 leaves only a `.tmp-` directory, which resume ignores; a complete directory whose files no longer match the
-manifest is refused with a message, and resume falls back to the previous complete one.
+manifest (size, and sha256 with verify_checksums) is refused with a message, and resume falls back to the
+previous complete one. The manifest covers every file, the actor's DCP shards and metadata included.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class CheckpointManager:
 
     def staging_dir(self, step: int) -> Path:
         """An empty directory for step `step`'s files; workers write into it before `commit`."""
-        tmp = self.root / f".tmp-step_{step:08d}"
+        tmp = self.root / f".tmp-step_{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         return tmp
@@ -69,7 +70,7 @@ class CheckpointManager:
         for p in [*files, staging / MANIFEST]:
             with p.open("rb") as f:
                 os.fsync(f.fileno())
-        final = self.root / f"step_{step:08d}"
+        final = self.root / f"step_{step}"
         if final.exists():  # re-saving a step after a resume: the old copy is replaced whole
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -77,19 +78,22 @@ class CheckpointManager:
         self._prune()
         return final
 
-    def _steps(self) -> list[tuple[int, Path]]:
+    def committed(self) -> list[Path]:
+        """The published checkpoint directories, newest first (not verified)."""
         if not self.root.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name))]
-        return sorted(found, reverse=True)
+        return [p for _, p in sorted(found, reverse=True)]
 
     def _prune(self) -> None:
-        for _, path in self._steps()[self.keep_last :]:
+        for path in self.committed()[self.keep_last :]:
             shutil.rmtree(path, ignore_errors=True)
 
     def verify(self, path: Path) -> None:
         """Raise CheckpointError unless every file listed in the manifest is present and intact."""
         manifest_path = path / MANIFEST
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint {path}: no such directory")
         if not manifest_path.is_file():
             raise CheckpointError(f"checkpoint {path} has no {MANIFEST}: it was not completely written")
         try:
@@ -110,17 +114,18 @@ class CheckpointManager:
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that verifies, with its trainer state; broken ones are reported and skipped."""
-        for _, path in self._steps():
+        for path in self.committed():
             try:
-                self.verify(path)
+                return path, self.load(path)
             except CheckpointError as e:
                 print(f"[sfpo_rl] skipping checkpoint: {e}", flush=True)
-                continue
-            return path, json.loads((path / TRAINER_STATE).read_text())
         return None
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Verify an explicitly named checkpoint and return its trainer state."""
         path = Path(path)
         self.verify(path)
-        return json.loads((path / TRAINER_STATE).read_text())
+        try:
+            return json.loads((path / TRAINER_STATE).read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} is unreadable ({e})") from e

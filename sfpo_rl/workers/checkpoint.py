@@ -7,15 +7,19 @@ Checkpoint layout (one directory, written by every rank together):
     rng/rank{r}.pt    RNG states of rank r: torch, CUDA (if any), python `random`, numpy
     actor_meta.json   written last, by rank 0, once every rank has finished: its presence marks a complete save
 
-Atomicity (write to a temporary directory, then rename) is the trainer's job. Here every collective step
+Loading unpickles nothing but plain data: `torch.load` runs with weights_only=True, and torch.distributed.checkpoint's
+pickled metadata and non-tensor items are checked against an allow-list first, so a checkpoint from elsewhere
+cannot run code. Atomicity (write to a temporary directory, then rename) is the trainer's job. Here every collective step
 agrees across ranks on success, so a failure on one rank raises on all of them instead of leaving the others
 waiting on a barrier, and an interrupted save has no `actor_meta.json` and is refused by `load`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +30,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -36,7 +42,45 @@ from torch.distributed.checkpoint.state_dict import (
 logger = logging.getLogger(__name__)
 
 META_FILE = "actor_meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: RNG states stored as plain tensors and numbers (loadable with weights_only=True)
+
+# What torch.distributed.checkpoint's metadata pickle may name: its own dataclasses and a few torch/pathlib types.
+_DCP_METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+_DCP_METADATA_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            module in _DCP_METADATA_MODULES
+            or (module, name) in _DCP_METADATA_GLOBALS
+            or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in checkpoint metadata")
+        return super().find_class(module, name)
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """A DCP reader that refuses metadata naming anything but checkpoint metadata types."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        try:
+            with self.fs.create_stream(path, "rb") as f:
+                _MetadataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"checkpoint metadata {path} refused: {exc}") from exc
+        return super().read_metadata(*args, **kwargs)
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """The default planner, but non-tensor items must load with torch.load(weights_only=True)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        torch.load(value, weights_only=True)  # raises on anything but tensors and plain containers/numbers
+        value.seek(0)
+        super().load_bytes(read_item, value)
 
 
 def agree(action: Callable[[], Any], what: str, device: torch.device) -> Any:
@@ -57,7 +101,16 @@ def agree(action: Callable[[], Any], what: str, device: torch.device) -> Any:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Tensors, numbers and tuples only, so `torch.load(weights_only=True)` reads it back."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = (
+        name,
+        torch.from_numpy(keys.astype(np.int64)),
+        int(pos),
+        int(has_gauss),
+        float(cached_gaussian),
+    )
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -66,7 +119,8 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -127,15 +181,15 @@ def load_checkpoint(
     meta = agree(read_meta, f"reading {meta_path}", device)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=root / "dcp")
+    dcp.load(state, storage_reader=SafeFileSystemReader(root / "dcp"), planner=SafeLoadPlanner())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
 
     def read_extras() -> None:
-        scheduler.load_state_dict(torch.load(root / "scheduler.pt", weights_only=False))
+        scheduler.load_state_dict(torch.load(root / "scheduler.pt", weights_only=True))
         if meta["world_size"] == world_size:
-            _set_rng_state(torch.load(root / "rng" / f"rank{rank}.pt", weights_only=False))
+            _set_rng_state(torch.load(root / "rng" / f"rank{rank}.pt", weights_only=True))
         elif rank == 0:
             logger.warning(
                 "actor checkpoint %s was saved by %d ranks, loading on %d: RNG states not restored",

@@ -15,7 +15,7 @@ def write_checkpoint(mgr, step, payload=b"weights"):
 def test_commit_publishes_complete_checkpoint(tmp_path):
     mgr = CheckpointManager(tmp_path)
     path = write_checkpoint(mgr, 3)
-    assert path.name == "step_00000003" and not list(mgr.root.glob(".tmp-*"))
+    assert path.name == "step_3" and not list(mgr.root.glob(".tmp-*"))
     manifest = json.loads((path / MANIFEST).read_text())
     assert set(manifest["files"]) == {"actor/shard0.bin", "trainer_state.json"}
     found, state = mgr.latest()
@@ -44,7 +44,7 @@ def test_damaged_checkpoint_is_refused_and_resume_falls_back(tmp_path, damage, c
         shard.unlink()
     else:
         (newest / MANIFEST).unlink()
-    with pytest.raises(CheckpointError, match="step_00000002"):
+    with pytest.raises(CheckpointError, match="step_2"):
         mgr.load(newest)
     assert mgr.latest()[1] == {"step": 1}
     assert "skipping checkpoint" in capsys.readouterr().out
@@ -54,7 +54,7 @@ def test_keep_last_prunes_oldest(tmp_path):
     mgr = CheckpointManager(tmp_path, keep_last=2)
     for step in (1, 2, 3):
         write_checkpoint(mgr, step)
-    assert sorted(p.name for p in mgr.root.iterdir()) == ["step_00000002", "step_00000003"]
+    assert sorted(p.name for p in mgr.root.iterdir()) == ["step_2", "step_3"]
 
 
 def test_resaving_a_step_replaces_it(tmp_path):
