@@ -92,6 +92,9 @@ class TrainerConfig:
     logger: list[str] = field(default_factory=lambda: ["console", "tensorboard"])  # JSONL is always written
     seed: int = 0
     export_hf: bool = True  # write the final policy as an HF model to run_dir/final_model
+    # Stop the run after this many steps in a row whose update met a non-finite loss or gradient (each such
+    # update is skipped: no NaN reaches the weights).
+    max_consecutive_nonfinite: int = 5
 
 
 @dataclass
@@ -167,7 +170,7 @@ def validate(cfg: DictConfig) -> Validated:
         f"such that actor (+ reference) ranks + rollout GPUs per node ({gpus}) fit in trainer.n_gpus_per_node="
         f"{trainer.n_gpus_per_node} (actor and rollout use separate GPUs)",
     )
-    for name in ("nnodes", "total_steps", "keep_last"):
+    for name in ("nnodes", "total_steps", "keep_last", "max_consecutive_nonfinite"):
         _need(getattr(trainer, name) >= 1, f"trainer.{name}", "an integer >= 1")
     for name in ("val_every", "save_every"):
         _need(getattr(trainer, name) >= 0, f"trainer.{name}", "an integer >= 0")

@@ -3,6 +3,12 @@
 With no arguments it runs the embedded default: SFPO on the built-in arithmetic task with the tiny
 warm-started model, on CPU (real vLLM, real Ray, real FSDP2 over gloo). Any option can be overridden on the
 command line, e.g. `sfpo-rl-train algorithm=grpo trainer.total_steps=10 rollout.n=4`.
+
+Failures end the job with a short message on stderr, no traceback: exit code 2 for bad input (config, data,
+model, a damaged checkpoint to resume from), checked before any worker starts; exit code 3 when the run stops
+on a fault (a worker failed or died, training kept going non-finite). The message names the failing worker's
+role and rank and the last complete checkpoint to continue from with `trainer.resume=auto`; the full report,
+worker traceback included, goes to run_dir/failure.txt. run_dir/workers.json lists every worker's pid.
 """
 
 from __future__ import annotations
@@ -19,10 +25,20 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sfpo_rl.data.io import DataError
+from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
 from sfpo_rl.trainer.config import ConfigError, Validated, register_schema, validate
 
 CONFIG_DIR = os.environ.get("SFPO_RL_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "configs")
 logger = logging.getLogger("sfpo_rl")
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_STOPPED = 3
+FAILURE_REPORT = "failure.txt"
+WORKERS_FILE = "workers.json"
+
+
+class RunStopped(RuntimeError):
+    """The run stopped on a fault; the message says what failed and how to continue."""
 
 
 def resolve_model_and_data(cfg: DictConfig) -> tuple[str, list[str], list[str]]:
@@ -45,17 +61,41 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[str, list[str], list[str]]:
     return model_path, [str(warm / "train.jsonl")], [str(warm / "val.jsonl")]
 
 
-def build_data(
-    cfg: DictConfig, parts: Validated, model_path: str, train_files: list[str], val_files: list[str]
-):
-    from transformers import AutoTokenizer
+def load_tokenizer(model_path: str) -> Any:
+    """The policy's tokenizer, after checking that model.path is an HF model directory whose vocabulary covers
+    every token id the tokenizer can produce (ConfigError naming model.path otherwise)."""
+    from transformers import AutoConfig, AutoTokenizer
 
+    path = Path(model_path)
+    if not path.is_dir():
+        raise ConfigError(f"model.path={model_path}: no such directory")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.path={model_path}: not a Hugging Face model directory (no config.json)")
+    try:
+        model_config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"model.path={model_path}: cannot load the model config or tokenizer ({reason})"
+        ) from None
+    vocab_size = model_config.get_text_config().vocab_size
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"model.path={model_path}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{vocab_size} (config.json): token ids past it have no embedding; the tokenizer must belong to the model"
+        )
+    return tokenizer
+
+
+def build_data(
+    cfg: DictConfig, parts: Validated, tokenizer: Any, train_files: list[str], val_files: list[str]
+):
     from sfpo_rl.data.dataset import PromptDataset
     from sfpo_rl.data.loader import PromptLoader
     from sfpo_rl.protocol import Batch
     from sfpo_rl.trainer.ray_trainer import sampling_seeds
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     options = dict(
         max_prompt_length=parts.rollout.max_prompt_length,
         overlong=cfg.data.overlong_prompts,
@@ -80,16 +120,18 @@ def build_data(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the run summary (also written to run_dir/summary.json)."""
-    from sfpo_rl.controller import init_ray
-    from sfpo_rl.trainer.ray_trainer import RLTrainer
+    from sfpo_rl.controller import WorkerError, init_ray
+    from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainingHalted, resume_point
     from sfpo_rl.trainer.workers import build_worker_groups
 
     parts = validate(cfg)
     run_dir = Path(cfg.trainer.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / FAILURE_REPORT).unlink(missing_ok=True)  # a report describes the latest attempt only
+    resume_from = resume_point(cfg)
     model_path, train_files, val_files = resolve_model_and_data(cfg)
-    loader, val_batch = build_data(cfg, parts, model_path, train_files, val_files)
+    loader, val_batch = build_data(cfg, parts, load_tokenizer(model_path), train_files, val_files)
 
     init_ray(
         address=cfg.ray.address,
@@ -98,24 +140,56 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         env_vars=dict(cfg.ray.env_vars),
     )
     start = time.perf_counter()
-    groups = build_worker_groups(cfg, parts, model_path)
-    print(
-        f"[sfpo_rl] worker groups ready in {time.perf_counter() - start:.0f} s "
-        f"(actor {groups.actor.world_size} ranks, rollout {groups.rollout.world_size}, "
-        f"reward {groups.reward.world_size}); run dir {run_dir}",
-        flush=True,
-    )
+    groups = None
     try:
-        trainer = RLTrainer(cfg, parts, groups, loader, val_batch)
+        groups = build_worker_groups(cfg, parts, model_path)
+        write_worker_pids(run_dir, groups)
+        print(
+            f"[sfpo_rl] worker groups ready in {time.perf_counter() - start:.0f} s "
+            f"(actor {groups.actor.world_size} ranks, rollout {groups.rollout.world_size}, "
+            f"reward {groups.reward.world_size}); run dir {run_dir}",
+            flush=True,
+        )
+        trainer = RLTrainer(cfg, parts, groups, loader, val_batch, resume_from)
         summary = trainer.fit()
         if cfg.trainer.export_hf:
             groups.actor.export_hf(str(run_dir / "final_model"))
             summary["final_model"] = str(run_dir / "final_model")
+    except (WorkerError, TrainingHalted) as exc:
+        raise RunStopped(stop_report(cfg, exc)) from None
     finally:
-        groups.shutdown()
+        if groups is not None:
+            groups.shutdown()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     return summary
+
+
+def write_worker_pids(run_dir: Path, groups: Any) -> None:
+    """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection tests)."""
+    roles = {g.role: g.worker_info for g in (groups.actor, groups.rollout, groups.reward, groups.ref) if g}
+    tmp = run_dir / f".{WORKERS_FILE}.tmp"
+    tmp.write_text(json.dumps(roles, indent=1) + "\n")
+    os.replace(tmp, run_dir / WORKERS_FILE)
+
+
+def stop_report(cfg: DictConfig, exc: Exception) -> str:
+    """What stopped the run (the failing worker's role and rank first) and where it can continue from. The
+    whole text, worker traceback included, is written to run_dir/failure.txt; the returned message omits it."""
+    run_dir = Path(cfg.trainer.run_dir)
+    notes = getattr(exc, "__notes__", [])
+    full = "\n".join([str(exc), *notes])
+    (run_dir / FAILURE_REPORT).write_text(full + "\n")
+    headline = str(exc).split("\n--- worker traceback")[0]
+    checkpoints = CheckpointManager(run_dir).committed()
+    resume = (
+        f"the last complete checkpoint is {checkpoints[0]}; run again with trainer.resume=auto to continue from it"
+        if checkpoints
+        else "no checkpoint was written yet (see trainer.save_every)"
+    )
+    return "\n".join(
+        [f"the run stopped: {headline}", *notes, resume, f"full report: {run_dir / FAILURE_REPORT}"]
+    )
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -147,9 +221,12 @@ register_schema()
 def _hydra_entry(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, CheckpointError) as exc:
         print(f"sfpo-rl-train: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except RunStopped as exc:
+        print(f"sfpo-rl-train: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_RUN_STOPPED)
 
 
 def main() -> None:

@@ -3,11 +3,16 @@
 The driver holds no model. Each step it moves one batch through the worker groups:
 rollout -> reward -> old log-probs (-> reference log-probs) -> advantages -> SFPO or plain update -> weight
 sync, with validation and atomic checkpoints every N steps. A run resumes from its newest valid checkpoint.
+
+An update that meets a non-finite loss or gradient is skipped by the actor (no NaN reaches the weights); the
+trainer logs and counts such steps (`train/nonfinite_*`) and stops the run with `TrainingHalted` after
+`trainer.max_consecutive_nonfinite` of them in a row.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +34,23 @@ from sfpo_rl.workers.reward import reward_metrics
 logger = logging.getLogger(__name__)
 
 
+class TrainingHalted(RuntimeError):
+    """The run cannot usefully go on (e.g. too many non-finite updates in a row); the message says why."""
+
+
 class RLTrainer:
     def __init__(
-        self, cfg: Any, parts: Validated, groups: WorkerGroups, train_loader: PromptLoader, val_batch: Batch
+        self,
+        cfg: Any,
+        parts: Validated,
+        groups: WorkerGroups,
+        train_loader: PromptLoader,
+        val_batch: Batch,
+        resume_from: tuple[Path, dict[str, Any]] | None = None,
     ):
+        """`resume_from`: a verified checkpoint and its trainer state (see `resume_point`) to continue from."""
         self.cfg = cfg
+        self.resume_from = resume_from
         self.parts = parts
         self.groups = groups
         self.train_loader = train_loader
@@ -47,6 +64,8 @@ class RLTrainer:
         self.rollouts_done = 0
         self.train_seconds = 0.0
         self.val_history: list[tuple[int, float]] = []
+        self.nonfinite_total = 0  # steps whose update met a non-finite loss or gradient
+        self.nonfinite_in_a_row = 0
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -71,6 +90,7 @@ class RLTrainer:
                     metrics.update(self.validate())
                 # Log first: a checkpoint never runs ahead of the log, and resume drops rows past it.
                 tracker.log(metrics, step=self.step)
+                self._stop_if_diverged()
                 if self._due(trainer.save_every):
                     self.save_checkpoint()
         finally:
@@ -99,7 +119,11 @@ class RLTrainer:
                 update = self.groups.actor.sfpo_update(batch, plan.inner_steps, plan.alpha)[0]
             else:
                 update = self.groups.actor.update(batch)[0]
-        self.sfpo.observe(step, update["actor/entropy"])  # the entropy of this step's (slow) training pass
+        self._count_nonfinite(step, update)
+        if math.isfinite(update["actor/entropy"]):  # a poisoned pass must not poison the switch-off statistic
+            self.sfpo.observe(
+                step, update["actor/entropy"]
+            )  # the entropy of this step's (slow) training pass
         with timed(t, "sync"):
             sync = self.groups.sync_weights()
 
@@ -118,7 +142,39 @@ class RLTrainer:
             "perf/tokens_per_s": float(batch["attention_mask"].sum()) / t["timing/step"],
             "perf/rollouts": self.rollouts_done,
             "perf/train_seconds": self.train_seconds,
+            "train/nonfinite_total": self.nonfinite_total,
+            "train/nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
+
+    def _count_nonfinite(self, step: int, update: dict[str, float]) -> None:
+        skipped = update["actor/skipped_steps"] + update.get("sfpo/fast_skipped_steps", 0.0)
+        if not skipped:
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_in_a_row += 1
+        where = (
+            "the SFPO fast trajectory was discarded (slow weights restored); "
+            if update.get("sfpo/fast_restored")
+            else ""
+        )
+        print(
+            f"[sfpo_rl] step {step}: non-finite loss or gradient: {where}{skipped:.0f} optimizer step(s) "
+            f"skipped ({self.nonfinite_in_a_row} step(s) in a row, the run stops at "
+            f"trainer.max_consecutive_nonfinite={self.cfg.trainer.max_consecutive_nonfinite})",
+            flush=True,
+        )
+
+    def _stop_if_diverged(self) -> None:
+        limit = self.cfg.trainer.max_consecutive_nonfinite
+        if self.nonfinite_in_a_row < limit:
+            return
+        first = self.step - self.nonfinite_in_a_row + 1
+        raise TrainingHalted(
+            f"training stopped at step {self.step}: steps {first}-{self.step} all met a non-finite loss or gradient "
+            f"(trainer.max_consecutive_nonfinite={limit}). Their updates were skipped, so the weights hold no "
+            "NaN; look at the learning rate and at these steps' rewards and losses in metrics.jsonl"
+        )
 
     def compute_advantage(self, batch: Batch) -> Batch:
         algo = self.cfg.algorithm
@@ -162,22 +218,17 @@ class RLTrainer:
             "val_history": self.val_history,
             "sfpo": self.sfpo.state_dict(),
             "train_loader": self.train_loader.state_dict(),
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
         path = self.checkpoints.commit(staging, self.step, state)
         logger.info("saved checkpoint %s", path)
         return path
 
     def _resume(self) -> int | None:
-        mode = self.cfg.trainer.resume
-        if mode == "never":
+        if self.resume_from is None:
             return None
-        if mode == "auto":
-            found = self.checkpoints.latest()
-            if found is None:
-                return None
-            path, state = found
-        else:
-            path, state = Path(mode), self.checkpoints.load(mode)
+        path, state = self.resume_from
         self.groups.actor.load_checkpoint(str(path / "actor"))
         self.step = state["step"]
         self.rollouts_done = state["rollouts_done"]
@@ -185,6 +236,8 @@ class RLTrainer:
         self.val_history = [tuple(item) for item in state["val_history"]]
         self.sfpo.load_state_dict(state["sfpo"])
         self.train_loader.load_state_dict(state["train_loader"])
+        self.nonfinite_total = state["nonfinite_total"]
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.groups.sync_weights()  # the engines start from the base model; give them the resumed policy
         print(f"[sfpo_rl] resumed from {path} at step {self.step}", flush=True)
         return self.step
@@ -202,6 +255,19 @@ class RLTrainer:
             "train_seconds": self.train_seconds,
             "run_dir": str(self.run_dir),
         }
+
+
+def resume_point(cfg: Any) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint `trainer.resume` asks for, verified against its manifest, with its trainer state: the
+    newest intact one in the run dir (auto; damaged ones are reported and skipped), none (never), or the named
+    path (CheckpointError when it is damaged or incomplete). Cheap enough to run before any worker starts."""
+    trainer = cfg.trainer
+    checkpoints = CheckpointManager(trainer.run_dir, trainer.keep_last, trainer.verify_checksums)
+    if trainer.resume == "never":
+        return None
+    if trainer.resume == "auto":
+        return checkpoints.latest()
+    return Path(trainer.resume), checkpoints.load(trainer.resume)
 
 
 def next_prompts(loader: PromptLoader, step: int, seed: int, n: int) -> Batch:

@@ -31,7 +31,7 @@ OTHER_BAD_INPUT_TESTS = (
 )
 
 
-@dataclass
+@dataclass(eq=False)  # a plugin object must be hashable
 class FaultLedger:
     injected: list[str] = field(default_factory=list)
     survived: list[str] = field(default_factory=list)
