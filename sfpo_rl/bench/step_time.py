@@ -1,6 +1,7 @@
 """Step-time breakdown per phase for GRPO and SFPO: short runs of the real trainer (`python -m
 sfpo_rl.trainer.main`: Ray, vLLM, 2 FSDP ranks, the built-in task and warm-started tiny model), tabulating
-the driver's `timing/*` metrics from each run's metrics.jsonl.
+the driver's `timing/*` metrics from each run's metrics.jsonl. The warm-started model is resolved once,
+before the runs, and both get it (and its data files) by path, so they train the same model on the same data.
 
 Each phase is the driver's wall time for it (generate, reward, old_log_prob, advantage, update, sync);
 "other" is the rest of the step (driver bookkeeping, batch unions). The first step is left out of the
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         default=None,
-        help="model.cache_dir for the warm-started tiny model (default: the trainer's, $SFPO_RL_CACHE or "
+        help="cache dir of the warm-started tiny model (default: the trainer's, $SFPO_RL_CACHE or "
         "~/.cache/sfpo_rl); the first use builds it (a few minutes)",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
@@ -75,8 +76,23 @@ def breakdown_table(breakdowns: dict[str, dict[str, float]]) -> tuple[list[str],
     return headers, rows
 
 
+def pinned_model(cache_dir: str | None) -> tuple[str, ...]:
+    """Overrides that give a run the default warm-started model and its data files by path (built first if
+    the cache lacks it), as `sfpo-rl-train` with no model or data options would resolve them."""
+    from sfpo_rl.tiny.warmstart import ensure_warmstart
+
+    cache = cache_dir or os.environ.get("SFPO_RL_CACHE") or str(Path.home() / ".cache" / "sfpo_rl")
+    print(f"[bench] step_time: resolving the warm-started model in {cache} ...", file=sys.stderr, flush=True)
+    warm = ensure_warmstart(cache, {"prompt_template": None})
+    return (
+        f"model.path={warm}",
+        f"data.train_files=[{warm / 'train.jsonl'}]",
+        f"data.val_files=[{warm / 'val.jsonl'}]",
+    )
+
+
 def train(
-    run_dir: Path, algorithm: str, steps: int, quick: bool, cache_dir: str | None, extra: Sequence[str]
+    run_dir: Path, algorithm: str, steps: int, quick: bool, model: Sequence[str], extra: Sequence[str]
 ) -> Path:
     """One trainer run into `run_dir` (replaced); returns its metrics.jsonl. Output goes to run_dir.log."""
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -90,7 +106,7 @@ def train(
         f"trainer.total_steps={steps}",
         *RUN_OVERRIDES,
         *(QUICK_OVERRIDES if quick else ()),
-        *((f"model.cache_dir={cache_dir}",) if cache_dir else ()),
+        *model,
         *extra,
     ]
     log = run_dir.with_name(run_dir.name + ".log")
@@ -110,10 +126,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     steps = args.steps or (3 if args.quick else 6)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    model = pinned_model(args.cache_dir)
     breakdowns, runs = {}, {}
     for algo in algorithms:
         start = time.perf_counter()
-        metrics = train(args.out / NAME / algo, algo, steps, args.quick, args.cache_dir, args.overrides)
+        metrics = train(args.out / NAME / algo, algo, steps, args.quick, model, args.overrides)
         rows = read_jsonl(metrics)
         breakdowns[algo] = phase_breakdown(rows)
         runs[algo] = {"metrics": str(metrics), "wall_s": time.perf_counter() - start, "steps": rows}
