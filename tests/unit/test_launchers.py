@@ -113,6 +113,13 @@ def test_sbatch_header_and_trap():
     assert "trap cleanup EXIT" in text
 
 
+def test_sbatch_stops_on_a_bad_node_list_before_starting_anything():
+    env = {**os.environ, "SLURM_JOB_NODELIST": "gpu[2-1]", "SFPO_PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(SBATCH)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "runs backwards" in proc.stderr and "cannot read the node list 'gpu[2-1]'" in proc.stderr
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_dockerfiles_pin_the_stack_and_pass_hadolint(dockerfile):
     path = REPO / "docker" / dockerfile
