@@ -225,6 +225,9 @@ def _hydra_entry(cfg: DictConfig) -> None:
         print(f"sfpo-rl-train: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except RunStopped as exc:
+        import ray
+
+        ray.shutdown()  # flushes the workers' forwarded logs first, so the message is the last thing printed
         print(f"sfpo-rl-train: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_RUN_STOPPED)
 
