@@ -34,6 +34,9 @@ train: setup
 test: setup
 	$(PY) -m pytest -q tests $(ARGS)
 
+bench: setup
+	$(PY) -m sfpo_rl.bench --quick $(ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check sfpo_rl tests recipes
 	$(VENV)/bin/ruff format --check sfpo_rl tests recipes
