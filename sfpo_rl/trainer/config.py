@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sfpo_rl.algorithms.advantages import advantage_estimators, needs_groups
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # HF model dir; null: the built-in tiny model, warm-started once and cached
+    # HF model dir (model=hf); null (model=tiny): the built-in tiny model, warm-started once and cached.
+    path: str | None = MISSING
     cache_dir: str = "${oc.env:SFPO_RL_CACHE,${oc.env:HOME}/.cache/sfpo_rl}"
     warmstart: dict[str, Any] = field(
         default_factory=dict
@@ -37,8 +38,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_files: list[str] | None = None  # jsonl / parquet; null: the built-in arithmetic task
-    val_files: list[str] | None = None
+    train_files: list[str] | None = MISSING  # jsonl / parquet (data=files); null: the built-in arithmetic task
+    val_files: list[str] | None = MISSING
     train_batch_size: int = 16  # prompts per step (each sampled rollout.n times)
     val_max_samples: int | None = None  # cap on validation prompts (null: all)
     shuffle: bool = True
@@ -126,6 +127,13 @@ class Validated:
 
 def validate(cfg: DictConfig) -> Validated:
     """Check every section and the constraints between them; raises ConfigError naming the option."""
+    for section, key, hint in (
+        ("model", "path", "model=hf needs model.path=/path/to/hf_model_dir"),
+        ("data", "train_files", "data=files needs data.train_files=[...] and data.val_files=[...]"),
+        ("data", "val_files", "data=files needs data.train_files=[...] and data.val_files=[...]"),
+    ):
+        if OmegaConf.is_missing(cfg[section], key):
+            raise ConfigError(f"{section}.{key} must be set ({hint})")
     try:
         parts = Validated(
             actor=ActorConfig.from_any(_section(cfg, "actor")),
