@@ -120,10 +120,9 @@ class RLTrainer:
             else:
                 update = self.groups.actor.update(batch)[0]
         self._count_nonfinite(step, update)
-        if math.isfinite(update["actor/entropy"]):  # a poisoned pass must not poison the switch-off statistic
-            self.sfpo.observe(
-                step, update["actor/entropy"]
-            )  # the entropy of this step's (slow) training pass
+        # The entropy of this step's (slow) training pass; a non-finite one must not poison the switch-off.
+        if math.isfinite(update["actor/entropy"]):
+            self.sfpo.observe(step, update["actor/entropy"])
         with timed(t, "sync"):
             sync = self.groups.sync_weights()
 
@@ -148,16 +147,13 @@ class RLTrainer:
 
     def _count_nonfinite(self, step: int, update: dict[str, float]) -> None:
         skipped = update["actor/skipped_steps"] + update.get("sfpo/fast_skipped_steps", 0.0)
-        if not skipped:
+        restored = update.get("sfpo/fast_restored", 0.0) > 0  # also when the fast weights themselves went NaN
+        if not (skipped or restored):
             self.nonfinite_in_a_row = 0
             return
         self.nonfinite_total += 1
         self.nonfinite_in_a_row += 1
-        where = (
-            "the SFPO fast trajectory was discarded (slow weights restored); "
-            if update.get("sfpo/fast_restored")
-            else ""
-        )
+        where = "the SFPO fast trajectory was discarded (slow weights restored); " if restored else ""
         print(
             f"[sfpo_rl] step {step}: non-finite loss or gradient: {where}{skipped:.0f} optimizer step(s) "
             f"skipped ({self.nonfinite_in_a_row} step(s) in a row, the run stops at "
