@@ -3,8 +3,10 @@
     prompt:   "Ann has 12 apples. Ann gets 5 more. Ann gives away 7. How many apples now?\\n"
     solution: "12+5=17. 17-7=10. \\boxed{10}"
 
-Level L has L operations on growing numbers (level 1: one add/subtract below 30; level 4: four steps, some
-multiplications, values up to 999). Train and validation never share a problem: a problem's split is fixed by
+Level L has L operations (level 1: one add/subtract of 1-9 on a start of at most 20; levels 2 and 3: two and
+three such steps from at most 30 and 50; level 4: four steps of up to 19 from at most 99, some doublings and
+triplings, values up to 999). The sizes are set so that the tiny warm-started model solves most level-1, some
+level-2/3 and few level-4 problems (see `sfpo_rl.tiny.warmstart.WarmStartConfig`). Train and validation never share a problem: a problem's split is fixed by
 a hash of its canonical form ("12+5-7"), whatever its wording. Records use the loader's format with
 data_source "arith"; `extra_info["solution"]` is the reference solution (the SFT target).
 """
@@ -29,7 +31,7 @@ ADD_PHRASES = ("gets {} more", "finds {} more", "buys {} more")
 SUB_PHRASES = ("gives away {}", "loses {}", "sells {}")
 MUL_PHRASES = {2: "doubles them", 3: "triples them"}
 # Per level: largest start value, largest added / subtracted amount, may multiply.
-_LEVEL_LIMITS = {1: (29, 9, False), 2: (49, 19, False), 3: (99, 29, True), 4: (199, 49, True)}
+_LEVEL_LIMITS = {1: (20, 9, False), 2: (30, 9, False), 3: (50, 9, False), 4: (99, 19, True)}
 _MAX_VALUE = 999
 # Even the rarest level-1 problem (about 1 in 500 draws) turns up well within this many draws.
 _MAX_MISSES = 20_000

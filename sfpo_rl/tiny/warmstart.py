@@ -6,8 +6,8 @@ holds the task's data files, `train.jsonl` and `val.jsonl` (the loader's format)
 source of the code that builds it and the torch / transformers versions. It is built in a temporary directory
 and renamed into place, so an interrupted or concurrent build never leaves a half-written model behind.
 
-The SFT is deliberately short: the policy should solve some but not most validation problems at
-temperature 1.0, so that RL has both a signal and room to improve.
+The SFT is deliberately short: the policy should solve some but not most validation problems, so that RL has
+both a signal and room to improve (the numbers are in `WarmStartConfig`'s docstring).
 """
 
 from __future__ import annotations
@@ -37,6 +37,23 @@ INFO_FILE = "warmstart.json"
 
 @dataclass(frozen=True)
 class WarmStartConfig:
+    """Options of the built-in model and its warm-start (`model.warmstart.*`).
+
+    The defaults are tuned for the embedded default (rollout n=8 at T=1.0, 96 response tokens, greedy
+    validation): greedy validation accuracy inside 15-35%, sampled accuracy well above zero, and a spread over
+    the levels, so most groups of 8 samples hold both right and wrong answers. Measured on the 512 validation
+    problems with `sample_accuracy` (greedy; T=1.0, seed 1):
+
+        greedy:  24.8% overall; level 1: 52%, level 2: 46%, level 3: 27%, level 4: 2.2%
+        T=1.0:   15.6% overall; level 1: 40%, level 2: 26%, level 3: 16%, level 4: 3.9% (1 sample each)
+        SFT: 900 steps, 213 CPU-seconds on one thread (about 3.5 minutes on an idle core); final loss 0.24.
+
+    Reproduce: `python -c "from sfpo_rl.tiny.warmstart import *; d = ensure_warmstart('/tmp/ws');
+    print(sample_accuracy(d, d / 'val.jsonl', temperature=0.0, max_new_tokens=96))"` (and temperature=1.0,
+    seed=1). Less SFT or harder levels fell short: on the earlier levels (up to 199, +-49 a step) 300 steps x 64
+    and 600 x 32 gave 2-3% greedy; on these levels 600 x 32 gave 11% greedy, 6.8% at T=1.0.
+    """
+
     seed: int = 0
     # Task data: the levels problems are drawn from (repeat one to weight it) and the split sizes.
     levels: tuple[int, ...] = arith.LEVELS
@@ -52,13 +69,15 @@ class WarmStartConfig:
     num_kv_heads: int = 2
     max_position_embeddings: int = 256
     # SFT: AdamW, linear warm-up then cosine decay to 10%, on reference solutions sampled without replacement.
-    sft_steps: int = 300
-    batch_size: int = 64
+    sft_steps: int = 900
+    batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    num_threads: int = 2  # part of the result: the summation order of CPU kernels depends on it
+    # Part of the result (CPU kernels' summation order depends on it). One thread: on a busy 2-core machine two
+    # threads measured 11 s per step against 0.7 s for one (OpenMP threads waiting on each other).
+    num_threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, only changes the cache key
 
     @classmethod
