@@ -228,6 +228,10 @@ class VLLMRollout:
             "enable_prefix_caching": config.enable_prefix_caching,
             "logprobs_mode": "processed_logprobs",  # see the module docstring
             "enable_sleep_mode": self._sleep_enabled,
+            # A prompt prefilled in chunks has its first sampled token discarded and its per-request generator
+            # rewound, which CPU generators cannot do ("CPU Generator does not use offset"): on CPU, prompts
+            # are only scheduled whole, so large seeded batches work.
+            "enable_chunked_prefill": torch.cuda.is_available(),
         }
         if config.kv_cache_gib is not None:
             engine_args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)

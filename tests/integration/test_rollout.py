@@ -24,6 +24,7 @@ CONFIG = dict(
     dtype="float32",
     kv_cache_gib=0.125,
     max_num_seqs=128,
+    max_num_batched_tokens=128,  # several scheduler steps per batch (see test_seeded_batches_...)
     seed=0,
     val_n=2,
     val_temperature=0.6,
@@ -211,6 +212,18 @@ def test_per_prompt_sampling_seeds_make_samples_independent_of_batch_position(en
         prompt, sample = divmod(row, 4)
         assert response_of(a, row) == response_of(b, (2 - prompt) * 4 + sample)
     assert len({tuple(response_of(a, r)) for r in range(4)}) > 1  # the n samples of a prompt differ
+
+
+def test_seeded_batches_larger_than_one_scheduler_step(engine):
+    """More prompt tokens than one scheduler step takes (128): vLLM would prefill some prompts in chunks and
+    rewind their seeded generators, which CPU generators cannot do; whole-prompt scheduling avoids it."""
+    texts = TEXTS * 4
+    batch = prompt_batch(texts)
+    batch["sampling_seed"] = list(range(0, 8 * len(texts), 8))
+    prompt_tokens = 4 * len(texts) * 4  # every prompt has at least 4 tokens and is sampled n=4 times
+    assert engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens < prompt_tokens
+    out = engine.generate(batch, n=4, temperature=1.0)
+    assert len(out) == 4 * len(texts) and int(out["response_mask"].sum()) > 0
 
 
 def test_bad_generate_inputs_raise_clear_errors(engine):
