@@ -12,12 +12,14 @@ both a signal and room to improve (the numbers are in `WarmStartConfig`'s docstr
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -39,18 +41,21 @@ INFO_FILE = "warmstart.json"
 class WarmStartConfig:
     """Options of the built-in model and its warm-start (`model.warmstart.*`).
 
-    The defaults are tuned for the embedded default (rollout n=8 at T=1.0, 96 response tokens, greedy
-    validation): greedy validation accuracy inside 15-35%, sampled accuracy well above zero, and a spread over
-    the levels, so most groups of 8 samples hold both right and wrong answers. Measured on the 512 validation
-    problems with `sample_accuracy` (greedy; T=1.0, seed 1):
+    The defaults are tuned for the embedded default (rollout n=8 at T=1.0, 96 response tokens, validation
+    avg@4 at T=1.0): accuracy well inside 10-40% with a spread over the levels, so most groups of 8 samples hold
+    both right and wrong answers. Half of the SFT demonstrations are careless (they stop one step early), so
+    the policy can solve more than it does: RL has a behaviour to find, not only arithmetic to learn (with
+    careless_fraction=0 RL barely moved the same model in 30-40 steps). Measured on the 512 validation
+    problems with `sample_accuracy`:
 
-        greedy:  24.8% overall; level 1: 52%, level 2: 46%, level 3: 27%, level 4: 2.2%
-        T=1.0:   15.6% overall; level 1: 40%, level 2: 26%, level 3: 16%, level 4: 3.9% (1 sample each)
-        SFT: 900 steps, 213 CPU-seconds on one thread (about 3.5 minutes on an idle core); final loss 0.24.
+        greedy:         14.1% overall; level 1: 20%, level 2: 24.5%, level 3: 15.3%, level 4: 3.9%
+        T=1.0, avg@4:   10.8% overall; level 1: 26%, level 2: 19.2%, level 3: 11.0%, level 4: 1.9%
+        SFT: 900 steps of 32, 189 s on one thread of an idle 2-core machine; final loss 0.22.
+        Without careless demonstrations: greedy 24.8%, T=1.0 15.6%.
 
     Reproduce: `python -c "from sfpo_rl.tiny.warmstart import *; d = ensure_warmstart('/tmp/ws');
     print(sample_accuracy(d, d / 'val.jsonl', temperature=0.0, max_new_tokens=96))"` (and temperature=1.0,
-    seed=1). Less SFT or harder levels fell short: on the earlier levels (up to 199, +-49 a step) 300 steps x 64
+    num_samples=4, seed=1). Less SFT or harder levels fell short: on the earlier levels (up to 199, +-49 a step) 300 steps x 64
     and 600 x 32 gave 2-3% greedy; on these levels 600 x 32 gave 11% greedy, 6.8% at T=1.0.
     """
 
@@ -77,6 +82,9 @@ class WarmStartConfig:
     max_grad_norm: float = 1.0
     # Part of the result (CPU kernels' summation order depends on it). One thread: on a busy 2-core machine two
     # threads measured 11 s per step against 0.7 s for one (OpenMP threads waiting on each other).
+    # Fraction of SFT demonstrations that stop one step early (a careless solver): the warm-started policy
+    # can do the whole procedure but often skips its last step, a behaviour RL can find and correct.
+    careless_fraction: float = 0.5
     num_threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, only changes the cache key
 
@@ -105,11 +113,26 @@ def cache_key(cfg: WarmStartConfig) -> str:
     from sfpo_rl.data import dataset, io
 
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
-    for module in (arith, dataset, io, tiny_model):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
+    for path in (arith.__file__, dataset.__file__, io.__file__, tiny_model.__file__, __file__):
+        digest.update(code_fingerprint(Path(path).read_text()).encode())
     digest.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
     return digest.hexdigest()[:16]
+
+
+def code_fingerprint(source: str) -> str:
+    """The code of a module without its comments and docstrings: editing those does not force a rebuild."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:]
+    return ast.dump(tree)
 
 
 def ensure_warmstart(cache_dir: str | Path, cfg: WarmStartConfig | Mapping[str, Any] | None = None) -> Path:
@@ -152,9 +175,13 @@ def build_warmstart(out_dir: Path, cfg: WarmStartConfig, key: str = "") -> dict[
         max_position_embeddings=cfg.max_position_embeddings,
         seed=cfg.seed,
     )
-    examples = sft_examples(
-        [(r.prompt, r.extra_info["solution"]) for r in train_records], tokenizer, cfg.prompt_template
-    )
+    rng = random.Random(f"careless-{cfg.seed}")
+    pairs = [
+        (r.prompt, careless_solution(s) if rng.random() < cfg.careless_fraction else s)
+        for r in train_records
+        for s in [r.extra_info["solution"]]
+    ]
+    examples = sft_examples(pairs, tokenizer, cfg.prompt_template)
     metrics = train_sft(model, examples, tokenizer.pad_token_id, cfg)
     tiny_model.save_pretrained(model, tokenizer, out_dir)
     info = {
@@ -165,6 +192,14 @@ def build_warmstart(out_dir: Path, cfg: WarmStartConfig, key: str = "") -> dict[
     }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
     return metrics
+
+
+def careless_solution(solution: str) -> str:
+    """The worked solution with its last step left out, boxing the value before the last operation:
+    "12+5=17. 17-7=10. \\boxed{10}" -> "12+5=17. \\boxed{17}"; "12+5=17. \\boxed{17}" -> "\\boxed{12}"."""
+    *steps, _ = solution.split(" ")
+    before_last = re.match(r"\d+", steps[-1]).group()
+    return " ".join([*steps[:-1], f"\\boxed{{{before_last}}}"])
 
 
 def sft_examples(
