@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out_dir = args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    plan = [(v, s) for v in MAIN for s in args.seeds]
+    plan = [(v, s) for s in args.seeds for v in MAIN]  # GRPO and SFPO of a seed back to back: similar load
     if not args.no_ablation:
         plan += [(v, args.seeds[0]) for v in ABLATION]
     print(f"[compare] {len(plan)} runs of {steps} steps into {out_dir}", flush=True)
