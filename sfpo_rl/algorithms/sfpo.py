@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
+
+from sfpo_rl.utils.options import options_from_any
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -108,23 +110,7 @@ class SFPOConfig:
 
     @classmethod
     def from_any(cls, config: Any) -> SFPOConfig:
-        if isinstance(config, cls):
-            return config
-        if config is None:
-            return cls()
-        if not isinstance(config, Mapping):
-            from omegaconf import DictConfig, OmegaConf
-
-            if not isinstance(config, DictConfig):
-                raise TypeError(f"algorithm.sfpo must be a mapping, got {type(config).__name__}")
-            config = OmegaConf.to_container(config, resolve=True)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"algorithm.sfpo.{unknown[0]}: unknown option; valid: {', '.join(sorted(known))}"
-            )
-        return cls(**config)
+        return options_from_any(cls, config, "algorithm.sfpo")
 
 
 def _is_int(value: Any) -> bool:

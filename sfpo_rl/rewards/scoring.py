@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sfpo_rl.rewards import verifiers  # noqa: F401  (registers the built-in verifiers)
@@ -32,6 +32,7 @@ from sfpo_rl.rewards.timeout import (
     score_with_timeout,
     signal_timeout_available,
 )
+from sfpo_rl.utils.options import options_from_any
 
 if TYPE_CHECKING:
     import torch
@@ -85,23 +86,7 @@ class RewardConfig:
     @classmethod
     def from_any(cls, config: RewardConfig | Mapping[str, Any] | Any | None) -> RewardConfig:
         """A `RewardConfig` from itself, None (defaults), a mapping or an OmegaConf node."""
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(config, DictConfig):
-            config = OmegaConf.to_container(config, resolve=True)
-        if not isinstance(config, Mapping):
-            raise TypeError(f"reward config must be a mapping, got {type(config).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise VerifierError(
-                f"reward.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}"
-            )
-        return cls(**config)
+        return options_from_any(cls, config, "reward", VerifierError)
 
 
 class VerifierResolver:

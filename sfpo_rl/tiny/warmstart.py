@@ -33,6 +33,7 @@ import torch
 from sfpo_rl.data import arith
 from sfpo_rl.data.dataset import format_prompt, load_records
 from sfpo_rl.tiny import model as tiny_model
+from sfpo_rl.utils.options import options_from_any
 
 INFO_FILE = "warmstart.json"
 
@@ -90,20 +91,10 @@ class WarmStartConfig:
 
     @classmethod
     def from_any(cls, cfg: WarmStartConfig | Mapping[str, Any] | None) -> WarmStartConfig:
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, cls):
-            return cfg
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(
-                f"warmstart.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}"
-            )
-        values = dict(cfg)
-        if "levels" in values:
-            values["levels"] = tuple(values["levels"])
-        return cls(**values)
+        return options_from_any(cls, cfg, "warmstart")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(self.levels))  # a list from a config file hashes the same
 
 
 def cache_key(cfg: WarmStartConfig) -> str:

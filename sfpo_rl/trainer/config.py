@@ -38,7 +38,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_files: list[str] | None = MISSING  # jsonl / parquet (data=files); null: the built-in arithmetic task
+    # jsonl / parquet (data=files); null (data=arith): the built-in arithmetic task.
+    train_files: list[str] | None = MISSING
     val_files: list[str] | None = MISSING
     train_batch_size: int = 16  # prompts per step (each sampled rollout.n times)
     val_max_samples: int | None = None  # cap on validation prompts (null: all)

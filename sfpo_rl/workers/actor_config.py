@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.policy_loss import LOSS_AGG_MODES
+from sfpo_rl.utils.options import options_from_any
 from sfpo_rl.workers.optim import SCHEDULES
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
@@ -147,19 +148,7 @@ class ActorConfig:
     @classmethod
     def from_any(cls, config: ActorConfig | Mapping[str, Any] | Any) -> ActorConfig:
         """An `ActorConfig` from itself, a mapping or an OmegaConf node (unknown keys are an error)."""
-        if isinstance(config, cls):
-            return config
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(config, DictConfig):
-            config = OmegaConf.to_container(config, resolve=True)
-        if not isinstance(config, Mapping):
-            raise TypeError(f"actor config must be a mapping, got {type(config).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"actor.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}")
-        return cls(**config)
+        return options_from_any(cls, config, "actor")
 
 
 def _is_int(value: Any) -> bool:

@@ -28,13 +28,14 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
+from sfpo_rl.utils.options import options_from_any
 
 logger = logging.getLogger(__name__)
 
@@ -112,21 +113,7 @@ class RolloutConfig:
     @classmethod
     def from_any(cls, config: RolloutConfig | Mapping[str, Any] | Any) -> RolloutConfig:
         """A `RolloutConfig` from itself, a mapping or an OmegaConf node (unknown keys are an error)."""
-        if isinstance(config, cls):
-            return config
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(config, DictConfig):
-            config = OmegaConf.to_container(config, resolve=True)
-        if not isinstance(config, Mapping):
-            raise TypeError(f"rollout config must be a mapping, got {type(config).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"rollout.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}"
-            )
-        return cls(**config)
+        return options_from_any(cls, config, "rollout")
 
 
 def _is_int(value: Any) -> bool:

@@ -1,0 +1,29 @@
+"""Typed option objects (dataclasses) built from whatever a caller holds: the object itself, None (defaults),
+a plain mapping, or an OmegaConf node from the Hydra config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def options_from_any(cls: type[T], config: Any, section: str, error: type[Exception] = ValueError) -> T:
+    """`cls(**config)` after rejecting keys `cls` does not have, naming the option as `<section>.<key>`."""
+    if config is None:
+        return cls()
+    if isinstance(config, cls):
+        return config
+    if not isinstance(config, Mapping):
+        from omegaconf import DictConfig, OmegaConf
+
+        if not isinstance(config, DictConfig):
+            raise TypeError(f"{section} must be a mapping, got {type(config).__name__}")
+        config = OmegaConf.to_container(config, resolve=True)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise error(f"{section}.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}")
+    return cls(**config)
