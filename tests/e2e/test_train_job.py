@@ -81,6 +81,35 @@ def test_sfpo_run_trains_validates_checkpoints_and_exports(sfpo_run):
     assert "[sfpo_rl] done:" in proc.stdout
 
 
+def test_rl_raises_accuracy_on_an_easy_setting(tmp_path, warmstart_cache):
+    """One-step problems only (level 1), where the warm-start is careless half the time: 6 SFPO steps of the
+    default recipe must lift both training and held-out accuracy clearly (measured: 19% -> 47% held-out)."""
+    (warm,) = warmstart_cache.glob("warmstart-*")
+    for split in ("train", "val"):
+        rows = [json.loads(line) for line in (warm / f"{split}.jsonl").read_text().splitlines()]
+        easy = [json.dumps(r) for r in rows if r["extra_info"]["level"] == 1]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(easy) + "\n")
+    proc = run(
+        [
+            *TRAIN,
+            f"trainer.run_dir={tmp_path / 'run'}",
+            f"model.path={warm}",
+            f"data.train_files=[{tmp_path / 'train.jsonl'}]",
+            f"data.val_files=[{tmp_path / 'val.jsonl'}]",
+            "trainer.logger=[console]",
+            "trainer.total_steps=6",
+            "trainer.val_every=6",
+            "trainer.save_every=0",
+            "trainer.export_hf=false",
+        ]
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    train_acc = [r["reward/acc"] for r in rows[1:]]
+    assert sum(train_acc[-3:]) / 3 > train_acc[0] + 0.1, train_acc
+    assert rows[-1]["val/acc"] > rows[0]["val/acc"] + 0.1, (rows[0]["val/acc"], rows[-1]["val/acc"])
+
+
 def test_killed_run_resumes_and_matches_the_uninterrupted_run(tmp_path, warmstart_cache, sfpo_run):
     """SIGKILL after the step-2 checkpoint, resume with trainer.resume=auto: step 3 and the final weights equal
     those of the uninterrupted run bit for bit (same rollouts from per-prompt seeds, same shards, optimizer,
