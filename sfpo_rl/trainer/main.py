@@ -193,25 +193,23 @@ def stop_report(cfg: DictConfig, exc: Exception) -> str:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    def fmt(value: Any) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+    """The run's outcome in a few lines: accuracy before and after, the SFPO switch, where the results are."""
 
-    print(
-        "[sfpo_rl] done: "
-        + ", ".join(
-            f"{key}={fmt(summary[key])}"
-            for key in (
-                "steps",
-                "val_acc_first",
-                "val_acc_last",
-                "val_acc_best",
-                "sfpo_switched_off_after",
-                "train_seconds",
-                "run_dir",
-            )
-        ),
-        flush=True,
-    )
+    def acc(key: str) -> str:
+        return "n/a" if summary[key] is None else f"{100 * summary[key]:.1f}%"
+
+    run_dir = Path(summary["run_dir"])
+    switched = summary["sfpo_switched_off_after"]
+    lines = [
+        f"[sfpo_rl] done: {summary['steps']} steps, {summary['rollouts']} rollouts, "
+        f"{summary['train_seconds']:.0f} s of training",
+        f"[sfpo_rl] validation accuracy: {acc('val_acc_first')} before -> {acc('val_acc_last')} after "
+        f"(best {acc('val_acc_best')})",
+        f"[sfpo_rl] SFPO switched off after step {switched}" if switched is not None else "",
+        f"[sfpo_rl] run dir {run_dir}: metrics {run_dir / 'metrics.jsonl'}, summary {run_dir / 'summary.json'}",
+        f"[sfpo_rl] exported model: {summary['final_model']}" if "final_model" in summary else "",
+    ]
+    print("\n".join(line for line in lines if line), flush=True)
 
 
 register_schema()
