@@ -57,5 +57,6 @@ def _rank_main(rank: int, world_size: int, port: int, fn: Callable[..., Any], ar
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.save(fn(rank, *args), Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears its gloo pairs down while a peer still uses them (aborts under load)
     finally:
         dist.destroy_process_group()

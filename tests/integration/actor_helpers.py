@@ -1,19 +1,13 @@
-"""Shared by the actor tests: a fixed random rollout batch, a launcher for torch.distributed ranks, and a plain
-single-process reference (transformers model, AdamW, full-mini-batch PPO-clip loss) written independently of
+"""Shared by the actor tests: a fixed random rollout batch, the rank launcher (`run_ranks`, shared with the
+benchmarks), and a plain single-process reference (transformers model, AdamW, full-mini-batch PPO-clip loss) written independently of
 sfpo_rl's loss code."""
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Callable
-from typing import Any
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
+from sfpo_rl.bench.ranks import run_ranks  # noqa: F401  (re-exported for the tests)
 from sfpo_rl.protocol import Batch
 
 # ------------------------------------------------------------------ data
@@ -59,41 +53,6 @@ def perturbed(log_probs: torch.Tensor, mask: torch.Tensor, seed: int, scale: flo
     """Old log-probs a little off the current policy, so ratios differ from 1 and clipping takes effect."""
     g = torch.Generator().manual_seed(seed)
     return (log_probs + scale * torch.randn(log_probs.shape, generator=g)) * mask
-
-
-# ------------------------------------------------------------------ launching ranks
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(
-    fn: Callable[..., None], *args: Any, world_size: int = 2, env: dict[str, str] | None = None
-) -> None:
-    """Run fn(rank, *args) in `world_size` fresh processes joined in one gloo process group; `env` is added to
-    their environment (read at process start, e.g. by the C allocator)."""
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        mp.spawn(_rank_main, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _rank_main(rank: int, world_size: int, port: int, fn: Callable[..., None], args: tuple) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size)
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        fn(rank, *args)
-    finally:
-        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ plain single-process reference
