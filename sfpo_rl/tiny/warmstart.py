@@ -229,7 +229,7 @@ def train_sft(
     start = time.perf_counter()
     model.train()
     try:
-        for _ in range(cfg.sft_steps):
+        for step in range(1, cfg.sft_steps + 1):
             if len(order) < cfg.batch_size:
                 order += rng.sample(range(len(examples)), len(examples))
             batch = [examples[i] for i in order[: cfg.batch_size]]
@@ -242,6 +242,12 @@ def train_sft(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            if step % max(1, cfg.sft_steps // 10) == 0:  # a few minutes of work: show it moving
+                print(
+                    f"[sfpo_rl] warm-start SFT step {step}/{cfg.sft_steps}: loss {loss.item():.3f} "
+                    f"({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
     finally:
         torch.set_num_threads(previous_threads)
     model.eval()
