@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
-from sfpo_rl.utils.options import options_from_any
+from sfpo_rl.utils.options import is_int, is_number, options_from_any
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -98,27 +98,19 @@ class SFPOConfig:
 
         for name in ("enable", "adaptive_switch", "two_sided"):
             need(isinstance(getattr(self, name), bool), name, "true or false")
-        need(_is_int(self.inner_steps) and self.inner_steps >= 1, "inner_steps", "an integer >= 1")
-        need(_is_number(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "a number in [0, 1]")
+        need(is_int(self.inner_steps) and self.inner_steps >= 1, "inner_steps", "an integer >= 1")
+        need(is_number(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "a number in [0, 1]")
         need(
-            self.stop_step is None or (_is_int(self.stop_step) and self.stop_step >= 0),
+            self.stop_step is None or (is_int(self.stop_step) and self.stop_step >= 0),
             "stop_step",
             "null or an integer >= 0",
         )
-        need(_is_int(self.entropy_window) and self.entropy_window >= 2, "entropy_window", "an integer >= 2")
-        need(_is_number(self.entropy_threshold), "entropy_threshold", "a number")
+        need(is_int(self.entropy_window) and self.entropy_window >= 2, "entropy_window", "an integer >= 2")
+        need(is_number(self.entropy_threshold), "entropy_threshold", "a number")
 
     @classmethod
     def from_any(cls, config: Any) -> SFPOConfig:
         return options_from_any(cls, config, "algorithm.sfpo")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 @dataclass(frozen=True)

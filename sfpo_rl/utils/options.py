@@ -3,6 +3,7 @@ a plain mapping, or an OmegaConf node from the Hydra config."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -27,3 +28,13 @@ def options_from_any(cls: type[T], config: Any, section: str, error: type[Except
     if unknown:
         raise error(f"{section}.{unknown[0]}: unknown option; valid options: {', '.join(sorted(known))}")
     return cls(**config)
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (YAML `true` must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return is_int(value) or (isinstance(value, float) and math.isfinite(value))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +9,7 @@ from typing import Any
 
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.policy_loss import LOSS_AGG_MODES
-from sfpo_rl.utils.options import options_from_any
+from sfpo_rl.utils.options import is_int, is_number, options_from_any
 from sfpo_rl.workers.optim import SCHEDULES
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
@@ -61,31 +60,31 @@ class ActorConfig:
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
         for name in ("lr", "eps"):
-            _require(_is_number(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0")
+            _require(is_number(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0")
         for name in ("weight_decay", "entropy_coeff", "kl_loss_coef", "min_lr_ratio", "warmup_ratio"):
-            _require(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
+            _require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
         _require(self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         _require(self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)")
         _require(
             isinstance(self.betas, tuple)
             and len(self.betas) == 2
-            and all(_is_number(b) and 0 <= b < 1 for b in self.betas),
+            and all(is_number(b) and 0 <= b < 1 for b in self.betas),
             "betas",
             "two numbers in [0, 1)",
         )
         _require(
-            self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip > 0),
+            self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip > 0),
             "grad_clip",
             "null or a number > 0",
         )
         _require(self.lr_schedule in SCHEDULES, "lr_schedule", f"one of {', '.join(SCHEDULES)}")
         _require(
-            self.total_steps is None or (_is_int(self.total_steps) and self.total_steps >= 1),
+            self.total_steps is None or (is_int(self.total_steps) and self.total_steps >= 1),
             "total_steps",
             "null or an integer >= 1",
         )
         _require(
-            self.warmup_steps is None or (_is_int(self.warmup_steps) and self.warmup_steps >= 0),
+            self.warmup_steps is None or (is_int(self.warmup_steps) and self.warmup_steps >= 0),
             "warmup_steps",
             "null or an integer >= 0",
         )
@@ -106,14 +105,14 @@ class ActorConfig:
             "log_prob_micro_batch_size",
             "ppo_epochs",
         ):
-            _require(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
+            _require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
         _require(isinstance(self.shuffle_mini_batches, bool), "shuffle_mini_batches", "true or false")
-        _require(_is_int(self.seed), "seed", "an integer")
+        _require(is_int(self.seed), "seed", "an integer")
         for name in ("clip_ratio_low", "clip_ratio_high"):
-            _require(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
+            _require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
         _require(self.clip_ratio_low < 1, "clip_ratio_low", "below 1 (the ratio's lower bound is 1 - low)")
         _require(
-            self.clip_ratio_c is None or (_is_number(self.clip_ratio_c) and self.clip_ratio_c > 1),
+            self.clip_ratio_c is None or (is_number(self.clip_ratio_c) and self.clip_ratio_c > 1),
             "clip_ratio_c",
             "null or a number > 1",
         )
@@ -149,14 +148,6 @@ class ActorConfig:
     def from_any(cls, config: ActorConfig | Mapping[str, Any] | Any) -> ActorConfig:
         """An `ActorConfig` from itself, a mapping or an OmegaConf node (unknown keys are an error)."""
         return options_from_any(cls, config, "actor")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _require(ok: bool, option: str, expected: str) -> None:
