@@ -10,6 +10,7 @@ rank, worker class and method and carries the worker-side traceback (without Ray
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import traceback
 from datetime import timedelta
@@ -138,6 +139,10 @@ class WorkerHost:
             except Exception as exc:
                 raise self._error(role, rank, cls.__name__, "__init__", exc) from None
             self._workers[role] = worker
+
+    def kill_process(self) -> None:
+        """SIGKILL this process, as an OOM killer or a lost node would (fault-injection tests)."""
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def call(self, _sfpo_route: tuple[str, str, tuple[int, int] | None], *args: Any, **kwargs: Any) -> Any:
         """Run `role.method(*args, **kwargs)`; route = (role, method, chunk) where chunk=(i, n) means

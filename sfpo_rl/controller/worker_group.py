@@ -77,23 +77,31 @@ class Future:
                 try:
                     results[i] = ray.get(ref)
                 except RayError as err:
-                    error = self._worker_error(self._ranks[i], err)
-                    self._note_other_failures(error, [r for r in self.refs if r is not ref], index)
-                    raise error from None
+                    others = [r for r in self.refs if r is not ref]
+                    raise self._root_cause((self._ranks[i], err), others, index) from None
         return self._collect(results)
 
-    def _note_other_failures(self, error: WorkerError, others: list[ray.ObjectRef], index: dict) -> None:
-        """SPMD ranks often fail together: give the others a moment, and name those that failed too (fetching
-        their errors also keeps Ray from dumping them as 'unhandled' later)."""
+    def _root_cause(
+        self, first: tuple[int, RayError], others: list[ray.ObjectRef], index: dict
+    ) -> WorkerError:
+        """SPMD ranks often fail together: give the others a moment and name those that failed too (fetching
+        their errors also keeps Ray from dumping them as 'unhandled' later). A rank whose process died is the
+        cause (its peers only lose their connection to it), so it is reported first even when a peer's
+        error arrived before its death did."""
         ready, _ = ray.wait(others, num_returns=len(others), timeout=ERROR_GRACE_S) if others else ([], [])
-        failed = []
+        failures = [first]
         for ref in ready:
             try:
                 ray.get(ref)
-            except RayError:
-                failed.append(self._ranks[index[ref]])
-        if failed:
-            error.add_note(f"{self._role}.{self._method} failed on ranks {sorted(failed)} as well")
+            except RayError as err:
+                failures.append((self._ranks[index[ref]], err))
+        died = [f for f in failures if isinstance(f[1], RayActorError)]
+        rank, err = (died or failures)[0]
+        error = self._worker_error(rank, err)
+        also = sorted(r for r, _ in failures if r != rank)
+        if also:
+            error.add_note(f"{self._role}.{self._method} failed on ranks {also} as well")
+        return error
 
     def done(self) -> bool:
         ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
@@ -332,6 +340,16 @@ class RayWorkerGroup:
             refs,
             lambda results: collect_results(spec, results),
         )
+
+    def kill_worker(self, rank: int) -> None:
+        """SIGKILL rank `rank`'s process and wait until Ray sees it dead (fault-injection tests): the group's
+        next call fails the way it would after a real crash."""
+        ref = self._hosts.handles[rank].kill_process.remote()
+        try:
+            ray.get(ref)
+        except RayActorError:
+            return
+        raise RuntimeError(f"{self._role} worker rank {rank} survived SIGKILL")
 
     def shutdown(self) -> None:
         """Kill the actors and remove the pool's placement groups (idempotent)."""

@@ -7,6 +7,7 @@ RolloutConfig, `reward` -> RewardConfig, `algorithm.sfpo` -> SFPOConfig), which 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from sfpo_rl.rewards.scoring import RewardConfig
 from sfpo_rl.trainer.tracking import KNOWN_LOGGERS
 from sfpo_rl.workers.actor_config import ActorConfig
 from sfpo_rl.workers.rollout import RolloutConfig
+
+WORKER_KILL = re.compile(r"\d+:(actor|rollout|reward|ref):\d+")  # trainer.inject_worker_kill entries
 
 
 class ConfigError(ValueError):
@@ -97,6 +100,9 @@ class TrainerConfig:
     # Stop the run after this many steps in a row whose update met a non-finite loss or gradient (each such
     # update is skipped: no NaN reaches the weights).
     max_consecutive_nonfinite: int = 5
+    # Testing only: SIGKILL one worker process at the start of a step, "<step>:<role>:<rank>" (role: actor,
+    # rollout, reward or ref), e.g. ["4:reward:0"], to exercise the crash handling and resume end to end.
+    inject_worker_kill: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -183,6 +189,23 @@ def validate(cfg: DictConfig) -> Validated:
         _need(getattr(trainer, name) >= 1, f"trainer.{name}", "an integer >= 1")
     for name in ("val_every", "save_every"):
         _need(getattr(trainer, name) >= 0, f"trainer.{name}", "an integer >= 0")
+    ranks = {
+        "actor": trainer.nnodes * res.actor_ranks_per_node,
+        "rollout": trainer.nnodes * res.rollout_workers_per_node,
+        "reward": res.reward_workers,
+        "ref": trainer.nnodes * res.actor_ranks_per_node if uses_ref else 0,
+    }
+    bad_kills = [
+        k
+        for k in map(str, trainer.inject_worker_kill)
+        if not (WORKER_KILL.fullmatch(k) and int(k.split(":")[2]) < ranks[k.split(":")[1]])
+    ]
+    _need(
+        not bad_kills,
+        "trainer.inject_worker_kill",
+        f'a list of "<step>:<role>:<rank>" naming a worker this run has (ranks: {ranks}), e.g. ["4:reward:0"]; '
+        f"got {bad_kills}",
+    )
     unknown = sorted(set(trainer.logger) - set(KNOWN_LOGGERS))
     _need(not unknown, "trainer.logger", f"a list drawn from {', '.join(KNOWN_LOGGERS)} (got {unknown})")
 

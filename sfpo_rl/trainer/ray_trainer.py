@@ -98,6 +98,7 @@ class RLTrainer:
         return self.summary()
 
     def train_step(self, step: int) -> dict[str, Any]:
+        self._inject_worker_kills(step)
         t: dict[str, float] = {}
         start = time.perf_counter()
         with timed(t, "generate"):
@@ -144,6 +145,15 @@ class RLTrainer:
             "train/nonfinite_total": self.nonfinite_total,
             "train/nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
+
+    def _inject_worker_kills(self, step: int) -> None:
+        for entry in self.cfg.trainer.inject_worker_kill:
+            at, role, rank = entry.split(":")
+            if int(at) == step:
+                print(
+                    f"[sfpo_rl] step {step}: fault injection: SIGKILL {role} worker rank {rank}", flush=True
+                )
+                getattr(self.groups, role).kill_worker(int(rank))
 
     def _count_nonfinite(self, step: int, update: dict[str, float]) -> None:
         skipped = update["actor/skipped_steps"] + update.get("sfpo/fast_skipped_steps", 0.0)

@@ -1,14 +1,16 @@
 """Faults injected into one short real training job (`sfpo-rl-train`: real Ray, vLLM, FSDP2 over gloo, reward
 worker), run in four launches on one run dir so every launch but the first resumes with trainer.resume=auto:
 
-  A  steps 1-2 (step 2's SFPO fast trajectory poisoned with NaN), SIGKILL the rollout worker after checkpoint 2
-  B  resumes at 2, step 3, SIGKILL the reward worker after checkpoint 3
-  C  resumes at 3, step 4, SIGKILL actor rank 1 after checkpoint 4
+  A  steps 1-2 (step 2's SFPO fast trajectory poisoned with NaN), the rollout worker SIGKILLed as step 3 starts
+  B  resumes at 2, step 3, the reward worker SIGKILLed as step 4 starts (its rollouts already generated)
+  C  resumes at 3, step 4, actor rank 1 SIGKILLed as step 5 starts (rank 0 then loses its FSDP peer)
      then flip bytes in a DCP shard of checkpoint 4
   D  falls back to checkpoint 3, steps 4-6; steps 5 and 6 poisoned whole: 2 in a row stop the run
 
-Each killed launch must exit non-zero with a message naming the role and rank (no traceback) and leave its last
-checkpoint intact; each resume must continue from the last intact checkpoint without losing or repeating a step.
+The driver itself sends each SIGKILL (`trainer.inject_worker_kill`) at a fixed point of the run, so the test
+does not race the training loop. Each killed launch must exit non-zero with a message naming the role and
+rank (no traceback) and leave its last checkpoint intact; each resume must continue from the last intact
+checkpoint without losing or repeating a step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -56,31 +57,23 @@ JOB = [
     "actor.inject_nonfinite_loss=[2:fast1,5,6]",
 ]
 LAUNCH_TIMEOUT_S = 600
-KILLS = {"A": ("rollout", 0, 2), "B": ("reward", 0, 3), "C": ("actor", 1, 4)}  # role, rank, after checkpoint
+KILLS = {"A": ("rollout", 0, 2), "B": ("reward", 0, 3), "C": ("actor", 1, 4)}  # role, rank, last checkpoint
 
 
 def launch(run_dir: Path, cache: Path, name: str, kill: tuple[str, int, int] | None) -> dict:
-    """One `sfpo-rl-train` launch; with `kill`, SIGKILL that worker once the checkpoint of the given step is
-    published. Returns exit code, output and the killed pid."""
+    """One `sfpo-rl-train` launch; with `kill` = (role, rank, step), that worker is SIGKILLed as step + 1
+    starts. Returns exit code, output and the killed pid (from run_dir/workers.json)."""
     (run_dir / "workers.json").unlink(missing_ok=True)
     cmd = [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache}", *JOB]
+    if kill is not None:
+        role, rank, step = kill
+        cmd.append(f"trainer.inject_worker_kill=[{step + 1}:{role}:{rank}]")
     out, err = open(run_dir / f"{name}.out", "w"), open(run_dir / f"{name}.err", "w")
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
-    killed = None
     try:
-        if kill is not None:
-            role, rank, step = kill
-            checkpoint = run_dir / "checkpoints" / f"step_{step}"
-            deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-            while not (checkpoint.is_dir() and (run_dir / "workers.json").is_file()):
-                assert proc.poll() is None, (
-                    f"launch {name} ended early:\n{(run_dir / f'{name}.err').read_text()}"
-                )
-                assert time.monotonic() < deadline, f"launch {name}: no checkpoint {step} in time"
-                time.sleep(0.1)
-            killed = json.loads((run_dir / "workers.json").read_text())[role][rank]["pid"]
-            os.kill(killed, signal.SIGKILL)
         proc.wait(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         with_leftovers = proc.poll() is None
         try:
@@ -91,6 +84,9 @@ def launch(run_dir: Path, cache: Path, name: str, kill: tuple[str, int, int] | N
         out.close()
         err.close()
     assert not with_leftovers, f"launch {name} did not end within {LAUNCH_TIMEOUT_S} s"
+    killed = None
+    if kill is not None:
+        killed = json.loads((run_dir / "workers.json").read_text())[kill[0]][kill[1]]["pid"]
     return {
         "code": proc.returncode,
         "stdout": (run_dir / f"{name}.out").read_text(),

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+import psutil
 import pytest
 import ray
 import torch
@@ -98,6 +99,14 @@ class TagWorker(Worker):
         return self.rank
 
     @register(dispatch=Dispatch.ALL)
+    def raise_then_exit(self, rank: int) -> int:
+        """Every other rank raises at once; `rank` dies a moment later (a peer's error arrives first)."""
+        if self.rank != rank:
+            raise ConnectionResetError(f"rank {self.rank} lost its peer")
+        time.sleep(0.3)
+        os._exit(3)
+
+    @register(dispatch=Dispatch.ALL)
     def all_reduce_sum(self) -> float:
         self.init_process_group()
         t = torch.tensor([self.rank + 1.0], dtype=torch.float64)
@@ -167,6 +176,13 @@ def _wait_until_dead(handle, timeout_s: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"actor {handle} still answers {timeout_s} s after it was killed")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _rows(n: int) -> Batch:
@@ -278,6 +294,32 @@ def test_dead_workers_give_a_clear_error(ray_local):
             WorkerError, match=r"^reward worker rank 0 \(TagWorker\.count_call_rank0\) .* died.*ray\.kill"
         ):
             group.count_call_rank0()
+    finally:
+        group.shutdown()
+
+
+def test_a_dead_rank_is_reported_as_the_cause_before_its_peers_errors(ray_local):
+    group = RayWorkerGroup(ResourcePool([3], name="spmd"), TagWorker, "actor")
+    try:
+        with pytest.raises(
+            WorkerError, match=r"^actor worker rank 2 \(TagWorker\.raise_then_exit\) .* died"
+        ) as info:
+            group.raise_then_exit(2)
+        assert info.value.__notes__ == ["actor.raise_then_exit failed on ranks [0, 1] as well"]
+    finally:
+        group.shutdown()
+
+
+def test_kill_worker_sigkills_the_rank_and_the_next_call_names_it(ray_local):
+    group = RayWorkerGroup(ResourcePool([2], name="victim"), TagWorker, "rollout")
+    try:
+        pid = group.worker_info[1]["pid"]
+        group.kill_worker(1)
+        assert not _process_alive(pid)  # the process is gone, not just marked dead by Ray
+        with pytest.raises(
+            WorkerError, match=rf"^rollout worker rank 1 \(TagWorker\.count_call\) .*pid {pid}.* died"
+        ):
+            group.count_call()
     finally:
         group.shutdown()
 
