@@ -36,12 +36,14 @@ class WorkerError(RuntimeError):
         rank: int | None = None,
         worker_class: str | None = None,
         method: str | None = None,
+        died: bool = False,
     ):
         super().__init__(message)
         self.role = role
         self.rank = rank
         self.worker_class = worker_class
         self.method = method
+        self.died = died  # the worker's process is gone (rather than a method having raised)
 
     @staticmethod
     def where(role: str, rank: int, worker_class: str, method: str) -> str:

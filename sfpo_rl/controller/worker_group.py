@@ -133,7 +133,12 @@ class Future:
         else:
             message = f"{where} failed in Ray: {type(err).__name__}: {str(err).splitlines()[0]}"
         return WorkerError(
-            message, role=self._role, rank=rank, worker_class=self._worker_class, method=self._method
+            message,
+            role=self._role,
+            rank=rank,
+            worker_class=self._worker_class,
+            method=self._method,
+            died=isinstance(err, RayActorError),
         )
 
 

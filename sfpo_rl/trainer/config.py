@@ -100,6 +100,9 @@ class TrainerConfig:
     # Stop the run after this many steps in a row whose update met a non-finite loss or gradient (each such
     # update is skipped: no NaN reaches the weights).
     max_consecutive_nonfinite: int = 5
+    # A rollout, reward or reference worker whose process dies is rebuilt and the step's work redone, at most
+    # this many times per launch (the actor is not: its state comes back from a checkpoint with resume=auto).
+    max_worker_restarts: int = 2
     # Testing only: SIGKILL one worker process at the start of a step, "<step>:<role>:<rank>" (role: actor,
     # rollout, reward or ref), e.g. ["4:reward:0"], to exercise the crash handling and resume end to end.
     inject_worker_kill: list[str] = field(default_factory=list)
@@ -187,7 +190,7 @@ def validate(cfg: DictConfig) -> Validated:
     )
     for name in ("nnodes", "total_steps", "keep_last", "max_consecutive_nonfinite"):
         _need(getattr(trainer, name) >= 1, f"trainer.{name}", "an integer >= 1")
-    for name in ("val_every", "save_every"):
+    for name in ("val_every", "save_every", "max_worker_restarts"):
         _need(getattr(trainer, name) >= 0, f"trainer.{name}", "an integer >= 0")
     ranks = {
         "actor": trainer.nnodes * res.actor_ranks_per_node,

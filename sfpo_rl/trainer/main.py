@@ -34,7 +34,6 @@ logger = logging.getLogger("sfpo_rl")
 EXIT_BAD_INPUT = 2
 EXIT_RUN_STOPPED = 3
 FAILURE_REPORT = "failure.txt"
-WORKERS_FILE = "workers.json"
 
 
 class RunStopped(RuntimeError):
@@ -143,7 +142,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     groups = None
     try:
         groups = build_worker_groups(cfg, parts, model_path)
-        write_worker_pids(run_dir, groups)
+        groups.write_pids(run_dir)
         print(
             f"[sfpo_rl] worker groups ready in {time.perf_counter() - start:.0f} s "
             f"(actor {groups.actor.world_size} ranks, rollout {groups.rollout.world_size}, "
@@ -163,14 +162,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     return summary
-
-
-def write_worker_pids(run_dir: Path, groups: Any) -> None:
-    """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection tests)."""
-    roles = {g.role: g.worker_info for g in (groups.actor, groups.rollout, groups.reward, groups.ref) if g}
-    tmp = run_dir / f".{WORKERS_FILE}.tmp"
-    tmp.write_text(json.dumps(roles, indent=1) + "\n")
-    os.replace(tmp, run_dir / WORKERS_FILE)
 
 
 def stop_report(cfg: DictConfig, exc: Exception) -> str:

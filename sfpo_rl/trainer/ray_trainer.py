@@ -4,6 +4,10 @@ The driver holds no model. Each step it moves one batch through the worker group
 rollout -> reward -> old log-probs (-> reference log-probs) -> advantages -> SFPO or plain update -> weight
 sync, with validation and atomic checkpoints every N steps. A run resumes from its newest valid checkpoint.
 
+A rollout, reward or reference worker that dies is replaced and the step's work before the update is
+redone (its rollouts are seeded per prompt, so the result is the same), up to `trainer.max_worker_restarts`
+times per launch; a dead actor rank stops the run, to be resumed from the last checkpoint.
+
 An update that meets a non-finite loss or gradient is skipped by the actor (no NaN reaches the weights); the
 trainer logs and counts such steps (`train/nonfinite_*`) and stops the run with `TrainingHalted` after
 `trainer.max_consecutive_nonfinite` of them in a row.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +27,14 @@ from omegaconf import OmegaConf
 from sfpo_rl.algorithms.advantages import compute_advantage
 from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.sfpo import SFPOController
+from sfpo_rl.controller import WorkerError
 from sfpo_rl.data.loader import PromptLoader
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import Validated
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
-from sfpo_rl.trainer.workers import WorkerGroups
+from sfpo_rl.trainer.workers import RESTARTABLE_ROLES, WorkerGroups
 from sfpo_rl.workers.reward import reward_metrics
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,7 @@ class RLTrainer:
         self.val_history: list[tuple[int, float]] = []
         self.nonfinite_total = 0  # steps whose update met a non-finite loss or gradient
         self.nonfinite_in_a_row = 0
+        self.worker_restarts = 0  # this launch's, against trainer.max_worker_restarts
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -101,18 +108,8 @@ class RLTrainer:
         self._inject_worker_kills(step)
         t: dict[str, float] = {}
         start = time.perf_counter()
-        with timed(t, "generate"):
-            prompts = next_prompts(self.train_loader, step, self.cfg.trainer.seed, self.parts.rollout.n)
-            batch = self.groups.rollout.generate(prompts)
-        with timed(t, "reward"):
-            batch = batch.union(self.groups.reward.compute_score(batch))
-        with timed(t, "old_log_prob"):
-            batch = batch.union(self.groups.actor.compute_log_prob(batch).select(keys=["old_log_probs"]))
-        if self.groups.ref is not None:
-            with timed(t, "ref_log_prob"):
-                batch = batch.union(self.groups.ref_log_probs(batch))
-        with timed(t, "advantage"):
-            batch = self.compute_advantage(batch)
+        prompts = next_prompts(self.train_loader, step, self.cfg.trainer.seed, self.parts.rollout.n)
+        batch = self._restarting_dead_workers(lambda: self.make_experience(prompts, t))
 
         plan = self.sfpo.plan(step)
         with timed(t, "update"):
@@ -125,7 +122,7 @@ class RLTrainer:
         if math.isfinite(update["actor/entropy"]):
             self.sfpo.observe(step, update["actor/entropy"])
         with timed(t, "sync"):
-            sync = self.groups.sync_weights()
+            sync = self._restarting_dead_workers(self.groups.sync_weights)
 
         t["timing/step"] = time.perf_counter() - start
         self.rollouts_done += len(batch)
@@ -144,7 +141,44 @@ class RLTrainer:
             "perf/train_seconds": self.train_seconds,
             "train/nonfinite_total": self.nonfinite_total,
             "train/nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "train/worker_restarts": self.worker_restarts,
         }
+
+    def make_experience(self, prompts: Batch, t: dict[str, float]) -> Batch:
+        """Rollouts of the current policy with rewards, old (and reference) log-probs and advantages."""
+        with timed(t, "generate"):
+            batch = self.groups.rollout.generate(prompts)
+        with timed(t, "reward"):
+            batch = batch.union(self.groups.reward.compute_score(batch))
+        with timed(t, "old_log_prob"):
+            batch = batch.union(self.groups.actor.compute_log_prob(batch).select(keys=["old_log_probs"]))
+        if self.groups.ref is not None:
+            with timed(t, "ref_log_prob"):
+                batch = batch.union(self.groups.ref_log_probs(batch))
+        with timed(t, "advantage"):
+            return self.compute_advantage(batch)
+
+    def _restarting_dead_workers(self, work: Callable[[], Any]) -> Any:
+        """`work()`, redone after replacing a rollout, reward or reference group whose worker died (the work
+        must not change the actor), while `trainer.max_worker_restarts` allows."""
+        limit = self.cfg.trainer.max_worker_restarts
+        while True:
+            try:
+                return work()
+            except WorkerError as err:
+                if not (err.died and err.role in RESTARTABLE_ROLES):
+                    raise
+                if self.worker_restarts >= limit:
+                    err.add_note(f"no worker restarts left (trainer.max_worker_restarts={limit})")
+                    raise
+                self.worker_restarts += 1
+                print(
+                    f"[sfpo_rl] step {self.step}: {err.role} worker rank {err.rank} died; restarting the {err.role} "
+                    f"workers and redoing the step's work (restart {self.worker_restarts} of {limit})",
+                    flush=True,
+                )
+                self.groups.restart(err.role)
+                self.groups.write_pids(self.run_dir)
 
     def _inject_worker_kills(self, step: int) -> None:
         for entry in self.cfg.trainer.inject_worker_kill:
@@ -201,13 +235,16 @@ class RLTrainer:
     def validate(self) -> dict[str, float]:
         timings: dict[str, float] = {}
         with timed(timings, "validate"):
-            batch = self.groups.rollout.generate(self.val_batch, validate=True)
-            batch = batch.union(self.groups.reward.compute_score(batch))
+            batch = self._restarting_dead_workers(self._score_validation)
         metrics = validation_metrics(batch["data_source"], batch["uid"], batch["acc"].tolist())
         self.val_history.append((self.step, metrics["val/acc"]))
         metrics["val/best_acc"] = max(acc for _, acc in self.val_history)
         metrics["val/response_length"] = float(batch["response_mask"].sum(-1).float().mean())
         return {**metrics, **timings}
+
+    def _score_validation(self) -> Batch:
+        batch = self.groups.rollout.generate(self.val_batch, validate=True)
+        return batch.union(self.groups.reward.compute_score(batch))
 
     def _due(self, every: int) -> bool:
         return every > 0 and (self.step % every == 0 or self.step == self.cfg.trainer.total_steps)

@@ -1,9 +1,18 @@
 """The worker groups the driver talks to, placed in separate resource pools: actor (FSDP ranks), rollout
-(vLLM engines), reward (verifiers) and, only when a KL term is on, a frozen reference policy."""
+(vLLM engines), reward (verifiers) and, only when a KL term is on, a frozen reference policy.
+
+Rollout, reward and reference workers hold nothing that the model directory and the actor's current weights
+cannot give back, so a group whose worker died can be rebuilt in place (`restart`); the actor's state lives
+only in its ranks and comes back from a checkpoint instead.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool
@@ -13,6 +22,9 @@ from sfpo_rl.workers.actor import ActorWorker
 from sfpo_rl.workers.reward import RewardWorker
 from sfpo_rl.workers.rollout import RolloutWorker
 
+RESTARTABLE_ROLES = ("rollout", "reward", "ref")
+WORKERS_FILE = "workers.json"
+
 
 @dataclass
 class WorkerGroups:
@@ -20,6 +32,7 @@ class WorkerGroups:
     rollout: RayWorkerGroup
     reward: RayWorkerGroup
     ref: RayWorkerGroup | None = None
+    build: Callable[[str], RayWorkerGroup] | None = None  # a fresh group for a role (see `restart`)
 
     def sync_weights(self) -> dict[str, float]:
         """Push the actor's full weights into every rollout engine; the weights go from actor rank 0 to the
@@ -33,10 +46,29 @@ class WorkerGroups:
         out = self.ref.compute_log_prob(batch)
         return Batch.from_dict({"ref_log_probs": out["old_log_probs"]})
 
+    def restart(self, role: str) -> None:
+        """Replace the `role` group (one of RESTARTABLE_ROLES) by a fresh one; new rollout engines get the
+        actor's current weights."""
+        if role not in RESTARTABLE_ROLES or self.build is None:
+            raise ValueError(f"the {role} worker group cannot be restarted")
+        getattr(self, role).shutdown()
+        setattr(self, role, self.build(role))
+        if role == "rollout":
+            self.sync_weights()
+
+    def all(self) -> list[RayWorkerGroup]:
+        return [g for g in (self.actor, self.rollout, self.reward, self.ref) if g is not None]
+
+    def write_pids(self, run_dir: Path) -> None:
+        """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection
+        tests); rewritten after a restart."""
+        tmp = Path(run_dir) / f".{WORKERS_FILE}.tmp"
+        tmp.write_text(json.dumps({g.role: g.worker_info for g in self.all()}, indent=1) + "\n")
+        os.replace(tmp, Path(run_dir) / WORKERS_FILE)
+
     def shutdown(self) -> None:
-        for group in (self.actor, self.rollout, self.reward, self.ref):
-            if group is not None:
-                group.shutdown()
+        for group in self.all():
+            group.shutdown()
 
 
 def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGroups:
@@ -44,31 +76,32 @@ def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGr
     use_gpu = cfg.trainer.n_gpus_per_node > 0
     nodes = [res.actor_ranks_per_node] * cfg.trainer.nnodes
 
-    def pool(name: str, bundles: list[int], gpu: bool = use_gpu, gpus_per_bundle: int = 1) -> ResourcePool:
-        return ResourcePool(bundles, use_gpu=gpu, name=name, gpus_per_bundle=gpus_per_bundle)
+    def build(role: str) -> RayWorkerGroup:
+        if role in ("actor", "ref"):
+            pool = ResourcePool(nodes, use_gpu=use_gpu, name=role)
+            group = RayWorkerGroup(pool, ActorWorker, role, model_path, parts.actor)
+        elif role == "rollout":
+            pool = ResourcePool(
+                [res.rollout_workers_per_node] * cfg.trainer.nnodes,
+                use_gpu=use_gpu,
+                name=role,
+                gpus_per_bundle=parts.rollout.tensor_parallel_size,
+            )
+            group = RayWorkerGroup(pool, RolloutWorker, role, model_path, parts.rollout)
+        else:
+            pool = ResourcePool([res.reward_workers], use_gpu=False, name=role)
+            group = RayWorkerGroup(pool, RewardWorker, role, model_path, parts.reward)
+        print(f"[sfpo_rl] placement: {describe_placement(group)}", flush=True)
+        return group
 
-    actor = RayWorkerGroup(pool("actor", nodes), ActorWorker, "actor", model_path, parts.actor)
-    rollout = RayWorkerGroup(
-        pool(
-            "rollout",
-            [res.rollout_workers_per_node] * cfg.trainer.nnodes,
-            gpus_per_bundle=parts.rollout.tensor_parallel_size,
-        ),
-        RolloutWorker,
-        "rollout",
-        model_path,
-        parts.rollout,
+    uses_ref = parts.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward
+    return WorkerGroups(
+        actor=build("actor"),
+        rollout=build("rollout"),
+        reward=build("reward"),
+        ref=build("ref") if uses_ref else None,
+        build=build,
     )
-    reward = RayWorkerGroup(
-        pool("reward", [res.reward_workers], gpu=False), RewardWorker, "reward", model_path, parts.reward
-    )
-    ref = None
-    if parts.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward:
-        ref = RayWorkerGroup(pool("ref", nodes), ActorWorker, "ref", model_path, parts.actor)
-    for group in (actor, rollout, reward, ref):
-        if group is not None:
-            print(f"[sfpo_rl] placement: {describe_placement(group)}", flush=True)
-    return WorkerGroups(actor=actor, rollout=rollout, reward=reward, ref=ref)
 
 
 def describe_placement(group: RayWorkerGroup) -> str:

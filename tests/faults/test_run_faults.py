@@ -3,9 +3,12 @@ worker), run in four launches on one run dir so every launch but the first resum
 
   A  steps 1-2 (step 2's SFPO fast trajectory poisoned with NaN), the rollout worker SIGKILLed as step 3 starts
   B  resumes at 2, step 3, the reward worker SIGKILLed as step 4 starts (its rollouts already generated)
+     (A and B allow no worker restarts, so they stop as a run whose restarts are used up does)
   C  resumes at 3, step 4, actor rank 1 SIGKILLed as step 5 starts (rank 0 then loses its FSDP peer)
      then flip bytes in a DCP shard of checkpoint 4
-  D  falls back to checkpoint 3, steps 4-6; steps 5 and 6 poisoned whole: 2 in a row stop the run
+  D  falls back to checkpoint 3, steps 4-6, with restarts allowed: the reward worker SIGKILLed as step 4
+     starts and the rollout worker as step 5 starts are replaced and the steps go on; steps 5 and 6 are
+     poisoned whole: 2 in a row stop the run
 
 The driver itself sends each SIGKILL (`trainer.inject_worker_kill`) at a fixed point of the run, so the test
 does not race the training loop. Each killed launch must exit non-zero with a message naming the role and
@@ -58,13 +61,15 @@ JOB = [
 ]
 LAUNCH_TIMEOUT_S = 600
 KILLS = {"A": ("rollout", 0, 2), "B": ("reward", 0, 3), "C": ("actor", 1, 4)}  # role, rank, last checkpoint
+NO_RESTARTS = "trainer.max_worker_restarts=0"
+D_KILLS = "trainer.inject_worker_kill=[4:reward:0,5:rollout:0]"
 
 
-def launch(run_dir: Path, cache: Path, name: str, kill: tuple[str, int, int] | None) -> dict:
+def launch(run_dir: Path, cache: Path, name: str, kill: tuple[str, int, int] | None, *overrides: str) -> dict:
     """One `sfpo-rl-train` launch; with `kill` = (role, rank, step), that worker is SIGKILLed as step + 1
     starts. Returns exit code, output and the killed pid (from run_dir/workers.json)."""
     (run_dir / "workers.json").unlink(missing_ok=True)
-    cmd = [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache}", *JOB]
+    cmd = [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache}", *JOB, *overrides]
     if kill is not None:
         role, rank, step = kill
         cmd.append(f"trainer.inject_worker_kill=[{step + 1}:{role}:{rank}]")
@@ -123,7 +128,7 @@ def chain(tmp_path_factory, warmstart_cache, faults):
     for name in ("A", "B", "C"):
         role, rank, _ = KILLS[name]
         faults.inject(f"SIGKILL {role} worker rank {rank} mid-run")
-        result = launch(run_dir, warmstart_cache, name, KILLS[name])
+        result = launch(run_dir, warmstart_cache, name, KILLS[name], *([NO_RESTARTS] if name != "C" else []))
         result["checkpoints"] = [p.name for p in manager.committed()]
         result["latest"] = manager.latest()  # verified against its manifest
         result["report"] = (
@@ -133,6 +138,7 @@ def chain(tmp_path_factory, warmstart_cache, faults):
     faults.inject("NaN loss in an SFPO fast pass")
     faults.inject("non-finite updates in a row")
 
+    results["step_4_row"] = read_jsonl(run_dir / "metrics.jsonl")[3]
     step4 = run_dir / "checkpoints" / "step_4"
     results["step_4_weights"] = model_tensors(step4)
     shutil.copytree(step4, run_dir / "step_4_copy")  # for the explicit-resume test
@@ -140,7 +146,9 @@ def chain(tmp_path_factory, warmstart_cache, faults):
     flip_bytes(shard)
     results["flipped"] = shard.relative_to(step4)
     faults.inject("flipped bytes in a checkpoint shard")
-    results["D"] = launch(run_dir, warmstart_cache, "D", None)
+    faults.inject("SIGKILL reward worker, restarted")
+    faults.inject("SIGKILL rollout worker, restarted")
+    results["D"] = launch(run_dir, warmstart_cache, "D", None, D_KILLS)
     return run_dir, results
 
 
@@ -166,10 +174,29 @@ def test_killed_worker_stops_the_run_naming_role_and_rank(chain, faults, name):
             f"the last complete checkpoint is {last}; run again with trainer.resume=auto",
         )
         assert f"{role} worker rank {rank}" in result["report"]
+        if role != "actor":  # a dead actor rank is never restarted: its state is only in the checkpoint
+            assert "no worker restarts left (trainer.max_worker_restarts=0)" in result["stderr"]
         # The run stopped inside the next step, and the checkpoint before the kill is complete and intact.
         assert result["checkpoints"] == [f"step_{step}", f"step_{step - 1}"]
         path, state = result["latest"]
         assert path == last and state["step"] == step
+
+
+def test_dead_rollout_and_reward_workers_are_replaced_and_the_step_redone(chain, faults):
+    run_dir, results = chain
+    d = results["D"]["stdout"]
+    for step, role, restart in ((4, "reward", 1), (5, "rollout", 2)):
+        with faults.survives(f"SIGKILL {role} worker, restarted"):
+            assert (
+                f"[sfpo_rl] step {step}: {role} worker rank 0 died; restarting the {role} workers and redoing the "
+                f"step's work (restart {restart} of 2)" in d
+            )
+    rows = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl")}
+    assert [rows[s]["train/worker_restarts"] for s in (4, 5, 6)] == [1, 2, 2]
+    # The redone step 4 is launch C's step 4 exactly: the same rollouts, rewards and update (its weights are
+    # compared in test_corrupted_checkpoint_is_refused_and_resume_falls_back).
+    same = ("reward/mean", "response_length/mean", "adv/max", "actor/pg_loss", "sfpo/slow_loss")
+    assert {k: rows[4][k] for k in same} == {k: results["step_4_row"][k] for k in same}
 
 
 def test_resume_continues_from_the_last_complete_checkpoint_without_losing_a_step(chain):
