@@ -3,9 +3,11 @@ colocation and shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -267,6 +269,7 @@ def test_worker_exception_names_role_rank_and_class(trio):
         trio.fail_on([1])
     err = info.value
     assert (err.role, err.rank, err.worker_class, err.method) == ("actor", 1, "TagWorker", "fail_on")
+    assert not err.died  # an exception is not a dead process: the trainer does not restart the worker
     message = str(err)
     assert message.startswith("actor worker rank 1 (TagWorker.fail_on) raised ValueError: boom from rank 1")
     assert "in fail_on" in message  # the worker-side traceback
@@ -278,41 +281,44 @@ def test_worker_exception_names_role_rank_and_class(trio):
     assert info.value.__notes__ == [f"actor.fail_on failed on ranks {sorted(others)} as well"]
 
 
-def test_dead_workers_give_a_clear_error(ray_local):
-    group = RayWorkerGroup(ResourcePool([2], name="doomed"), TagWorker, "reward")
+@contextlib.contextmanager
+def _throwaway_group(role: str, ranks: int) -> Iterator[RayWorkerGroup]:
+    """A group for a test that kills its workers."""
+    group = RayWorkerGroup(ResourcePool([ranks], name=f"throwaway-{role}"), TagWorker, role)
     try:
+        yield group
+    finally:
+        group.shutdown()
+
+
+def test_dead_workers_give_a_clear_error(ray_local):
+    with _throwaway_group("reward", 2) as group:
         with pytest.raises(
             WorkerError,
             match=r"^reward worker rank 1 \(TagWorker\.exit_on\) failed: the worker "
             r"process \(pid \d+ on 127\.0\.0\.1\) died",
         ) as info:
             group.exit_on(1)
-        assert info.value.rank == 1
+        assert info.value.rank == 1 and info.value.died
         ray.kill(group.actor_handles[0])
         _wait_until_dead(group.actor_handles[0])  # ray.kill is asynchronous
         with pytest.raises(
             WorkerError, match=r"^reward worker rank 0 \(TagWorker\.count_call_rank0\) .* died.*ray\.kill"
         ):
             group.count_call_rank0()
-    finally:
-        group.shutdown()
 
 
 def test_a_dead_rank_is_reported_as_the_cause_before_its_peers_errors(ray_local):
-    group = RayWorkerGroup(ResourcePool([3], name="spmd"), TagWorker, "actor")
-    try:
+    with _throwaway_group("actor", 3) as group:
         with pytest.raises(
             WorkerError, match=r"^actor worker rank 2 \(TagWorker\.raise_then_exit\) .* died"
         ) as info:
             group.raise_then_exit(2)
         assert info.value.__notes__ == ["actor.raise_then_exit failed on ranks [0, 1] as well"]
-    finally:
-        group.shutdown()
 
 
 def test_kill_worker_sigkills_the_rank_and_the_next_call_names_it(ray_local):
-    group = RayWorkerGroup(ResourcePool([2], name="victim"), TagWorker, "rollout")
-    try:
+    with _throwaway_group("rollout", 2) as group:
         pid = group.worker_info[1]["pid"]
         group.kill_worker(1)
         assert not _process_alive(pid)  # the process is gone, not just marked dead by Ray
@@ -320,8 +326,6 @@ def test_kill_worker_sigkills_the_rank_and_the_next_call_names_it(ray_local):
             WorkerError, match=rf"^rollout worker rank 1 \(TagWorker\.count_call\) .*pid {pid}.* died"
         ):
             group.count_call()
-    finally:
-        group.shutdown()
 
 
 def test_exception_in_init_fails_the_group_and_frees_the_pool(ray_local):
