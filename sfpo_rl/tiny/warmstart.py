@@ -81,11 +81,11 @@ class WarmStartConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    # Part of the result (CPU kernels' summation order depends on it). One thread: on a busy 2-core machine two
-    # threads measured 11 s per step against 0.7 s for one (OpenMP threads waiting on each other).
     # Fraction of SFT demonstrations that stop one step early (a careless solver): the warm-started policy
     # can do the whole procedure but often skips its last step, a behaviour RL can find and correct.
     careless_fraction: float = 0.5
+    # Part of the result (CPU kernels' summation order depends on it). One thread: on a busy 2-core machine two
+    # threads measured 11 s per step against 0.7 s for one (OpenMP threads waiting on each other).
     num_threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, only changes the cache key
 
