@@ -26,7 +26,8 @@ ROLE_ENV = "SFPO_ROLE"
 
 
 class WorkerError(RuntimeError):
-    """A worker failed: an exception in one of its methods (or its __init__), or its process died."""
+    """A worker failed: an exception in one of its methods (or its __init__), its process died, or a call
+    outlived its time limit."""
 
     def __init__(
         self,
@@ -37,6 +38,7 @@ class WorkerError(RuntimeError):
         worker_class: str | None = None,
         method: str | None = None,
         died: bool = False,
+        timed_out: bool = False,
     ):
         super().__init__(message)
         self.role = role
@@ -44,6 +46,7 @@ class WorkerError(RuntimeError):
         self.worker_class = worker_class
         self.method = method
         self.died = died  # the worker's process is gone (rather than a method having raised)
+        self.timed_out = timed_out  # the call outlived its time limit: the worker may be hung
 
     @staticmethod
     def where(role: str, rank: int, worker_class: str, method: str) -> str:

@@ -6,10 +6,11 @@ so the driver can overlap groups. Arguments may be Ray ObjectRefs (resolved by R
 ObjectRef is fetched whole by every rank, which keeps its own chunk) or `Future`s (collected in the driver
 first). Only top-level arguments are resolved, as in Ray.
 
-Failures: an exception in a worker method or __init__, or a worker process that died, raises `WorkerError`
-in the driver naming role, rank, worker class and method, with the worker-side traceback. A result is
-checked as soon as any rank finishes, so a failing rank is reported even while its peers wait for it inside a
-collective (those peers stay blocked; shut the group down).
+Failures: an exception in a worker method or __init__, a worker process that died, or a call that outlived
+`group.call_timeout_s` (or `Future.get(timeout)`) raises `WorkerError` in the driver naming role, rank, worker
+class and method, with the worker-side traceback (`died` / `timed_out` tell the kinds apart). A result is
+checked as soon as any rank finishes, so a failing rank is reported even while its peers wait for it inside
+a collective (those peers stay blocked; shut the group down).
 
 Colocation: `RayWorkerGroup.colocated(pool, {"actor": (ActorWorker, args, kwargs), "rollout": ...})` puts every
 role in the same process of each bundle and returns one group per role; their calls run one at a time in
@@ -69,8 +70,14 @@ class Future:
             ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
             if not ready:
                 waiting = sorted(self._ranks[index[ref]] for ref in pending)
-                raise TimeoutError(
-                    f"{self._role}.{self._method} did not finish within {timeout} s; still waiting for ranks {waiting}"
+                where = WorkerError.where(self._role, waiting[0], self._worker_class, self._method)
+                raise WorkerError(
+                    f"{where} did not finish within {timeout:g} s (ranks {waiting} still running); it may be hung",
+                    role=self._role,
+                    rank=waiting[0],
+                    worker_class=self._worker_class,
+                    method=self._method,
+                    timed_out=True,
                 )
             for ref in ready:
                 i = index[ref]
@@ -227,7 +234,7 @@ class GroupMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         future = self.future(*args, **kwargs)
-        return future.get() if self._spec.blocking else future
+        return future.get(timeout=self._group.call_timeout_s) if self._spec.blocking else future
 
     def future(self, *args: Any, **kwargs: Any) -> Future:
         return self._group._submit(self._name, self._spec, args, kwargs)
@@ -268,6 +275,9 @@ class RayWorkerGroup:
         return groups
 
     def _attach(self, hosts: _Hosts, role: str, worker_cls: type[Worker]) -> None:
+        self.call_timeout_s: float | None = (
+            None  # blocking calls that run longer raise WorkerError(timed_out)
+        )
         self._hosts = hosts
         self._role = role
         self._worker_cls = worker_cls

@@ -103,6 +103,9 @@ class TrainerConfig:
     # A rollout, reward or reference worker whose process dies is rebuilt and the step's work redone, at most
     # this many times per launch (the actor is not: its state comes back from a checkpoint with resume=auto).
     max_worker_restarts: int = 2
+    # A worker call (one generate, score, log-prob or update call...) running longer than this is taken as
+    # hung: the group is restarted like a dead one, or the run stops (actor). 0: wait forever.
+    worker_timeout_s: float = 7200.0
     # Testing only: SIGKILL one worker process at the start of a step, "<step>:<role>:<rank>" (role: actor,
     # rollout, reward or ref), e.g. ["4:reward:0"], to exercise the crash handling and resume end to end.
     inject_worker_kill: list[str] = field(default_factory=list)
@@ -192,6 +195,7 @@ def validate(cfg: DictConfig) -> Validated:
         _need(getattr(trainer, name) >= 1, f"trainer.{name}", "an integer >= 1")
     for name in ("val_every", "save_every", "max_worker_restarts"):
         _need(getattr(trainer, name) >= 0, f"trainer.{name}", "an integer >= 0")
+    _need(trainer.worker_timeout_s >= 0, "trainer.worker_timeout_s", "a number of seconds >= 0 (0: no limit)")
     ranks = {
         "actor": trainer.nnodes * res.actor_ranks_per_node,
         "rollout": trainer.nnodes * res.rollout_workers_per_node,

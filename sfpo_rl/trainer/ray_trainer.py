@@ -4,9 +4,10 @@ The driver holds no model. Each step it moves one batch through the worker group
 rollout -> reward -> old log-probs (-> reference log-probs) -> advantages -> SFPO or plain update -> weight
 sync, with validation and atomic checkpoints every N steps. A run resumes from its newest valid checkpoint.
 
-A rollout, reward or reference worker that dies is replaced and the step's work before the update is
-redone (its rollouts are seeded per prompt, so the result is the same), up to `trainer.max_worker_restarts`
-times per launch; a dead actor rank stops the run, to be resumed from the last checkpoint.
+A rollout, reward or reference worker that dies (or hangs past `trainer.worker_timeout_s`) is replaced and
+the step's work before the update is redone (rollouts are seeded per prompt, so the result is the same), up
+to `trainer.max_worker_restarts` times per launch; a dead or hung actor rank stops the run, to be resumed
+from the last checkpoint.
 
 An update that meets a non-finite loss or gradient is skipped by the actor (no NaN reaches the weights); the
 trainer logs and counts such steps (`train/nonfinite_*`) and stops the run with `TrainingHalted` after
@@ -159,22 +160,23 @@ class RLTrainer:
             return self.compute_advantage(batch)
 
     def _restarting_dead_workers(self, work: Callable[[], Any]) -> Any:
-        """`work()`, redone after replacing a rollout, reward or reference group whose worker died (the work
-        must not change the actor), while `trainer.max_worker_restarts` allows."""
+        """`work()`, redone after replacing a rollout, reward or reference group whose worker died or hung
+        (the work must not change the actor), while `trainer.max_worker_restarts` allows."""
         limit = self.cfg.trainer.max_worker_restarts
         while True:
             try:
                 return work()
             except WorkerError as err:
-                if not (err.died and err.role in RESTARTABLE_ROLES):
+                if not ((err.died or err.timed_out) and err.role in RESTARTABLE_ROLES):
                     raise
                 if self.worker_restarts >= limit:
                     err.add_note(f"no worker restarts left (trainer.max_worker_restarts={limit})")
                     raise
                 self.worker_restarts += 1
+                what = "died" if err.died else "hung"
                 print(
-                    f"[sfpo_rl] step {self.step}: {err.role} worker rank {err.rank} died; restarting the {err.role} "
-                    f"workers and redoing the step's work (restart {self.worker_restarts} of {limit})",
+                    f"[sfpo_rl] step {self.step}: {err.role} worker rank {err.rank} {what}; restarting the "
+                    f"{err.role} workers and redoing the step's work (restart {self.worker_restarts} of {limit})",
                     flush=True,
                 )
                 self.groups.restart(err.role)

@@ -2,8 +2,8 @@
 (vLLM engines), reward (verifiers) and, only when a KL term is on, a frozen reference policy.
 
 Rollout, reward and reference workers hold nothing that the model directory and the actor's current weights
-cannot give back, so a group whose worker died can be rebuilt in place (`restart`); the actor's state lives
-only in its ranks and comes back from a checkpoint instead.
+cannot give back, so a group whose worker died or hung can be rebuilt in place (`restart`); the actor's state
+lives only in its ranks and comes back from a checkpoint instead.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGr
         else:
             pool = ResourcePool([res.reward_workers], use_gpu=False, name=role)
             group = RayWorkerGroup(pool, RewardWorker, role, model_path, parts.reward)
+        group.call_timeout_s = cfg.trainer.worker_timeout_s or None
         print(f"[sfpo_rl] placement: {describe_placement(group)}", flush=True)
         return group
 

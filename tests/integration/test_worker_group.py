@@ -317,6 +317,18 @@ def test_a_dead_rank_is_reported_as_the_cause_before_its_peers_errors(ray_local)
         assert info.value.__notes__ == ["actor.raise_then_exit failed on ranks [0, 1] as well"]
 
 
+def test_a_call_past_the_groups_time_limit_is_reported_as_hung(ray_local):
+    with _throwaway_group("reward", 2) as group:
+        group.call_timeout_s = 0.5
+        with pytest.raises(WorkerError) as info:
+            group.sleep(30)
+        assert str(info.value) == (
+            "reward worker rank 0 (TagWorker.sleep) did not finish within 0.5 s (ranks [0, 1] still running); "
+            "it may be hung"
+        )
+        assert info.value.timed_out and not info.value.died
+
+
 def test_kill_worker_sigkills_the_rank_and_the_next_call_names_it(ray_local):
     with _throwaway_group("rollout", 2) as group:
         pid = group.worker_info[1]["pid"]

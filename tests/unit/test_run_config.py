@@ -52,6 +52,7 @@ def test_groups_switch_algorithm_and_hardware():
         (["algorithm.sfpo.alpha=1.5"], "algorithm.sfpo.alpha"),
         (["model=hf"], "model.path must be set (model=hf needs model.path="),
         (["data=files"], "data.train_files must be set (data=files needs"),
+        (["trainer.worker_timeout_s=-1"], "trainer.worker_timeout_s must be a number of seconds >= 0"),
         (["trainer.inject_worker_kill=[3:reward]"], "trainer.inject_worker_kill must be a list of"),
         (["trainer.inject_worker_kill=[3:actor:2]"], "got ['3:actor:2']"),  # 2 actor ranks: 0 and 1
         (["trainer.inject_worker_kill=[3:ref:0]"], "got ['3:ref:0']"),  # no KL term: no reference workers

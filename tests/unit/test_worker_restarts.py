@@ -44,12 +44,16 @@ def death(role: str) -> WorkerError:
     return WorkerError(f"{role} worker rank 0 died", role=role, rank=0, died=True)
 
 
-def test_dead_rollout_reward_and_ref_workers_are_restarted_and_the_work_redone():
-    t = trainer(3)
-    work, calls = failing([death("rollout"), death("reward"), death("ref")])
+def hang(role: str) -> WorkerError:
+    return WorkerError(f"{role} worker rank 0 did not finish", role=role, rank=0, timed_out=True)
+
+
+def test_dead_or_hung_rollout_reward_and_ref_workers_are_restarted_and_the_work_redone():
+    t = trainer(4)
+    work, calls = failing([death("rollout"), death("reward"), death("ref"), hang("rollout")])
     assert t._restarting_dead_workers(work) == "experience"
-    assert t.groups.restarted == ["rollout", "reward", "ref"] and len(calls) == 4
-    assert t.worker_restarts == 3
+    assert t.groups.restarted == ["rollout", "reward", "ref", "rollout"] and len(calls) == 5
+    assert t.worker_restarts == 4
 
 
 def test_the_restart_budget_is_per_launch_and_then_the_death_is_raised_with_a_note():
@@ -67,6 +71,7 @@ def test_the_restart_budget_is_per_launch_and_then_the_death_is_raised_with_a_no
     "error",
     [
         death("actor"),  # its state lives only in its ranks: resume from a checkpoint instead
+        hang("actor"),
         WorkerError("reward worker rank 0 raised ValueError", role="reward", rank=0),  # a bug, not a crash
     ],
 )
