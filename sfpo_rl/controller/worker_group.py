@@ -275,9 +275,8 @@ class RayWorkerGroup:
         return groups
 
     def _attach(self, hosts: _Hosts, role: str, worker_cls: type[Worker]) -> None:
-        self.call_timeout_s: float | None = (
-            None  # blocking calls that run longer raise WorkerError(timed_out)
-        )
+        # Blocking calls that run longer raise WorkerError(timed_out=True); None: wait forever.
+        self.call_timeout_s: float | None = None
         self._hosts = hosts
         self._role = role
         self._worker_cls = worker_cls

@@ -22,7 +22,7 @@ from sfpo_rl.trainer.tracking import KNOWN_LOGGERS
 from sfpo_rl.workers.actor_config import ActorConfig
 from sfpo_rl.workers.rollout import RolloutConfig
 
-WORKER_KILL = re.compile(r"\d+:(actor|rollout|reward|ref):\d+")  # trainer.inject_worker_kill entries
+WORKER_KILL = re.compile(r"(\d+):(actor|rollout|reward|ref):(\d+)")  # trainer.inject_worker_kill entries
 
 
 class ConfigError(ValueError):
@@ -136,6 +136,7 @@ class Validated:
     rollout: RolloutConfig
     reward: RewardConfig
     sfpo: SFPOConfig
+    uses_ref: bool  # a KL term needs a frozen reference policy, placed like the actor
 
 
 def validate(cfg: DictConfig) -> Validated:
@@ -148,11 +149,13 @@ def validate(cfg: DictConfig) -> Validated:
         if OmegaConf.is_missing(cfg[section], key):
             raise ConfigError(f"{section}.{key} must be set ({hint})")
     try:
+        actor = ActorConfig.from_any(_section(cfg, "actor"))
         parts = Validated(
-            actor=ActorConfig.from_any(_section(cfg, "actor")),
+            actor=actor,
             rollout=RolloutConfig.from_any(_section(cfg, "rollout")),
             reward=RewardConfig.from_any(_section(cfg, "reward")),
             sfpo=SFPOConfig.from_any(_section(cfg, "algorithm.sfpo")),
+            uses_ref=actor.use_kl_loss or bool(cfg.algorithm.use_kl_in_reward),
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from exc
@@ -180,10 +183,7 @@ def validate(cfg: DictConfig) -> Validated:
     for name in ("actor_ranks_per_node", "rollout_workers_per_node", "reward_workers"):
         _need(getattr(res, name) >= 1, f"resources.{name}", "an integer >= 1")
     _need(trainer.n_gpus_per_node >= 0, "trainer.n_gpus_per_node", "an integer >= 0")
-    uses_ref = (
-        parts.actor.use_kl_loss or algo.use_kl_in_reward
-    )  # a frozen reference policy, placed like the actor
-    gpus = res.actor_ranks_per_node * (2 if uses_ref else 1)
+    gpus = res.actor_ranks_per_node * (2 if parts.uses_ref else 1)
     gpus += res.rollout_workers_per_node * parts.rollout.tensor_parallel_size
     _need(
         trainer.n_gpus_per_node == 0 or gpus <= trainer.n_gpus_per_node,
@@ -200,13 +200,10 @@ def validate(cfg: DictConfig) -> Validated:
         "actor": trainer.nnodes * res.actor_ranks_per_node,
         "rollout": trainer.nnodes * res.rollout_workers_per_node,
         "reward": res.reward_workers,
-        "ref": trainer.nnodes * res.actor_ranks_per_node if uses_ref else 0,
+        "ref": trainer.nnodes * res.actor_ranks_per_node if parts.uses_ref else 0,
     }
-    bad_kills = [
-        k
-        for k in map(str, trainer.inject_worker_kill)
-        if not (WORKER_KILL.fullmatch(k) and int(k.split(":")[2]) < ranks[k.split(":")[1]])
-    ]
+    kills = {str(k): WORKER_KILL.fullmatch(str(k)) for k in trainer.inject_worker_kill}
+    bad_kills = [k for k, m in kills.items() if not (m and int(m[3]) < ranks[m[2]])]
     _need(
         not bad_kills,
         "trainer.inject_worker_kill",

@@ -62,9 +62,10 @@ class WorkerGroups:
     def write_pids(self, run_dir: Path) -> None:
         """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection
         tests); rewritten after a restart."""
-        tmp = Path(run_dir) / f".{WORKERS_FILE}.tmp"
+        path = Path(run_dir) / WORKERS_FILE
+        tmp = path.with_name(f".{WORKERS_FILE}.tmp")
         tmp.write_text(json.dumps({g.role: g.worker_info for g in self.all()}, indent=1) + "\n")
-        os.replace(tmp, Path(run_dir) / WORKERS_FILE)
+        os.replace(tmp, path)
 
     def shutdown(self) -> None:
         for group in self.all():
@@ -95,12 +96,11 @@ def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGr
         print(f"[sfpo_rl] placement: {describe_placement(group)}", flush=True)
         return group
 
-    uses_ref = parts.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward
     return WorkerGroups(
         actor=build("actor"),
         rollout=build("rollout"),
         reward=build("reward"),
-        ref=build("ref") if uses_ref else None,
+        ref=build("ref") if parts.uses_ref else None,
         build=build,
     )
 
