@@ -19,14 +19,11 @@ from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.sfpo import SFPOConfig
 from sfpo_rl.rewards.scoring import RewardConfig
 from sfpo_rl.trainer.tracking import KNOWN_LOGGERS
+from sfpo_rl.utils.options import ConfigError
 from sfpo_rl.workers.actor_config import ActorConfig
-from sfpo_rl.workers.rollout import RolloutConfig
+from sfpo_rl.workers.rollout_config import RolloutConfig
 
 WORKER_KILL = re.compile(r"(\d+):(actor|rollout|reward|ref):(\d+)")  # trainer.inject_worker_kill entries
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the option (`section.option`)."""
 
 
 @dataclass

@@ -37,6 +37,7 @@ from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
 from sfpo_rl.trainer.workers import RESTARTABLE_ROLES, WorkerGroups
 from sfpo_rl.workers.reward import reward_metrics
+from sfpo_rl.workers.update_result import UpdateResult
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +115,11 @@ class RLTrainer:
 
         plan = self.sfpo.plan(step)
         with timed(t, "update"):
-            if plan.sfpo:
-                update = self.groups.actor.sfpo_update(batch, plan.inner_steps, plan.alpha)[0]
-            else:
-                update = self.groups.actor.update(batch)[0]
+            update = self.groups.update_actor(batch, plan)
         self._count_nonfinite(step, update)
         # The entropy of this step's (slow) training pass; a non-finite one must not poison the switch-off.
-        if math.isfinite(update["actor/entropy"]):
-            self.sfpo.observe(step, update["actor/entropy"])
+        if math.isfinite(update.entropy):
+            self.sfpo.observe(step, update.entropy)
         with timed(t, "sync"):
             sync = self._restarting_dead_workers(self.groups.sync_weights)
 
@@ -132,7 +130,7 @@ class RLTrainer:
         return {
             **rollout_metrics(batch, self.parts.rollout.max_response_length),
             **reward_metrics(batch),
-            **update,
+            **update.metrics,
             **self.sfpo.metrics(plan),
             **sync,
             **t,
@@ -155,7 +153,7 @@ class RLTrainer:
             batch = batch.union(self.groups.actor.compute_log_prob(batch).select(keys=["old_log_probs"]))
         if self.groups.ref is not None:
             with timed(t, "ref_log_prob"):
-                batch = batch.union(self.groups.ref_log_probs(batch))
+                batch = batch.union(self.groups.ref.compute_ref_log_prob(batch))
         with timed(t, "advantage"):
             return self.compute_advantage(batch)
 
@@ -191,17 +189,16 @@ class RLTrainer:
                 )
                 getattr(self.groups, role).kill_worker(int(rank))
 
-    def _count_nonfinite(self, step: int, update: dict[str, float]) -> None:
-        skipped = update["actor/skipped_steps"] + update.get("sfpo/fast_skipped_steps", 0.0)
-        restored = update.get("sfpo/fast_restored", 0.0) > 0  # also when the fast weights themselves went NaN
-        if not (skipped or restored):
+    def _count_nonfinite(self, step: int, update: UpdateResult) -> None:
+        if not update.nonfinite:
             self.nonfinite_in_a_row = 0
             return
         self.nonfinite_total += 1
         self.nonfinite_in_a_row += 1
+        restored = update.sfpo is not None and update.sfpo.restored  # also when the fast weights went NaN
         where = "the SFPO fast trajectory was discarded (slow weights restored); " if restored else ""
         print(
-            f"[sfpo_rl] step {step}: non-finite loss or gradient: {where}{skipped:.0f} optimizer step(s) "
+            f"[sfpo_rl] step {step}: non-finite loss or gradient: {where}{update.all_skipped_steps} optimizer step(s) "
             f"skipped ({self.nonfinite_in_a_row} step(s) in a row, the run stops at "
             f"trainer.max_consecutive_nonfinite={self.cfg.trainer.max_consecutive_nonfinite})",
             flush=True,

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sfpo_rl.algorithms.sfpo import StepPlan
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.config import Validated
 from sfpo_rl.workers.actor import ActorWorker
+from sfpo_rl.workers.reference import ReferenceWorker
 from sfpo_rl.workers.reward import RewardWorker
 from sfpo_rl.workers.rollout import RolloutWorker
+from sfpo_rl.workers.update_result import UpdateResult
 
 RESTARTABLE_ROLES = ("rollout", "reward", "ref")
 WORKERS_FILE = "workers.json"
@@ -42,9 +45,11 @@ class WorkerGroups:
         weights.get()  # surfaces an actor-side failure by name
         return {f"sync/{k}": v for k, v in stats[0].items()}
 
-    def ref_log_probs(self, batch: Batch) -> Batch:
-        out = self.ref.compute_log_prob(batch)
-        return Batch.from_dict({"ref_log_probs": out["old_log_probs"]})
+    def update_actor(self, batch: Batch, plan: StepPlan) -> UpdateResult:
+        """One SFPO or plain update, as `plan` says; every rank returns the same reduced result."""
+        if plan.sfpo:
+            return self.actor.sfpo_update(batch, plan.inner_steps, plan.alpha)[0]
+        return self.actor.update(batch)[0]
 
     def restart(self, role: str) -> None:
         """Replace the `role` group (one of RESTARTABLE_ROLES) by a fresh one; new rollout engines get the
@@ -80,7 +85,8 @@ def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGr
     def build(role: str) -> RayWorkerGroup:
         if role in ("actor", "ref"):
             pool = ResourcePool(nodes, use_gpu=use_gpu, name=role)
-            group = RayWorkerGroup(pool, ActorWorker, role, model_path, parts.actor)
+            worker = ActorWorker if role == "actor" else ReferenceWorker
+            group = RayWorkerGroup(pool, worker, role, model_path, parts.actor)
         elif role == "rollout":
             pool = ResourcePool(
                 [res.rollout_workers_per_node] * cfg.trainer.nnodes,

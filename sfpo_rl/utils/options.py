@@ -1,5 +1,5 @@
-"""Typed option objects (dataclasses) built from whatever a caller holds: the object itself, None (defaults),
-a plain mapping, or an OmegaConf node from the Hydra config."""
+"""Typed option objects (dataclasses): the one check helper they validate themselves with, and building them
+from whatever a caller holds: the object itself, None (defaults), a plain mapping, or an OmegaConf node."""
 
 from __future__ import annotations
 
@@ -9,9 +9,21 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_NOT_GIVEN = object()
 
 
-def options_from_any(cls: type[T], config: Any, section: str, error: type[Exception] = ValueError) -> T:
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the option (`section.option`)."""
+
+
+def require(ok: bool, option: str, expected: str, value: Any = _NOT_GIVEN) -> None:
+    """Raise ConfigError("<option> must be <expected>[, got <value>]") unless `ok`."""
+    if not ok:
+        got = "" if value is _NOT_GIVEN else f", got {value!r}"
+        raise ConfigError(f"{option} must be {expected}{got}")
+
+
+def options_from_any(cls: type[T], config: Any, section: str, error: type[Exception] = ConfigError) -> T:
     """`cls(**config)` after rejecting keys `cls` does not have, naming the option as `<section>.<key>`."""
     if config is None:
         return cls()

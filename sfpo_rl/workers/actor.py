@@ -1,7 +1,10 @@
-"""The FSDP2 policy actor: log-probs, ordinary PPO-clip updates, shard-local SFPO updates, checkpoints.
+"""The FSDP2 policy actor: log-probs, ordinary policy updates, shard-local SFPO updates, checkpoints.
 
-`FSDPActor` is usable without Ray inside any initialised torch.distributed process group (one object per rank,
-each called with its own rows); `ActorWorker` is its thin Ray shell.
+`FSDPPolicy` is one rank of a sharded causal LM that only computes log-probs (the frozen reference policy uses
+it as it is: no gradients, optimizer or schedule); `FSDPActor` adds the updates, with the policy loss chosen by
+`actor.policy_loss` from the registry in `sfpo_rl.algorithms.policy_loss`. Both are usable without Ray inside
+any initialised torch.distributed process group (one object per rank, each called with its own rows);
+`ActorWorker` is the actor's thin Ray shell. An update returns an `UpdateResult`.
 
 Batches: every rank gets a contiguous chunk of the global batch (the worker group's DP_SPLIT). A mini-batch is
 `ppo_mini_batch_size / world_size` consecutive rows of each rank's chunk, so global mini-batch j is the union of
@@ -12,15 +15,15 @@ GLOBAL token or sequence count, summed over ranks with all_reduce) times world_s
 gradients over ranks. So the accumulated gradient equals that of one full-mini-batch loss in one process,
 whatever the micro-batch sizes and however tokens fall across ranks.
 
-SFPO (DESIGN.md): the slow copy is a snapshot of this rank's local shards only (optionally in host memory), the
+SFPO: the slow copy is a snapshot of this rank's local shards only (optionally in host memory), the
 fast trajectory runs the ordinary update loop K times in place, and the reposition is in place on the local
 shards, so no full parameter is ever gathered and no second copy of the fast weights exists.
 
 Non-finite numbers never reach the weights: an optimizer step whose loss or gradient norm is non-finite on any
-rank is skipped (gradients dropped, parameters and Adam state untouched) and counted in `actor/skipped_steps`.
-In SFPO a fast pass with a skipped step ends the fast trajectory: the slow copy is restored and the slow pass
-runs from theta(s, 0), a plain update (`sfpo/fast_restored` = 1). The trainer counts such steps and stops a run
-that keeps producing them.
+rank is skipped (gradients dropped, parameters and Adam state untouched) and counted in
+`UpdateResult.skipped_steps`. In SFPO a fast pass with a skipped step ends the fast trajectory: the slow copy is
+restored and the slow pass runs from theta(s, 0), a plain update (`UpdateResult.sfpo.restored`). The trainer
+counts such steps and stops a run that keeps producing them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -41,7 +44,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
-from sfpo_rl.algorithms.policy_loss import agg_loss, ppo_clip_loss
+from sfpo_rl.algorithms.policy_loss import agg_loss, get_policy_loss
 from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, restore_, snapshot_
 from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
@@ -55,8 +58,9 @@ from sfpo_rl.workers.fsdp_utils import (
     shard_model,
 )
 from sfpo_rl.workers.optim import build_optimizer, build_scheduler
+from sfpo_rl.workers.update_result import FastTrajectory, UpdateResult
 
-__all__ = ["ActorConfig", "ActorWorker", "FSDPActor"]
+__all__ = ["ActorConfig", "ActorWorker", "FSDPActor", "FSDPPolicy", "UpdateResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,28 +72,35 @@ UPDATE_KEYS = (*FORWARD_KEYS, "response_mask", "old_log_probs", "advantages")
 _SUM_KEYS = ("pg_loss", "kl_loss", "entropy", "clipfrac", "approx_kl", "ratio_mean", "tokens")
 
 
-class FSDPActor:
-    """One rank of the actor. Every public method is collective: all ranks call it, each with its own rows."""
+class PassResult(NamedTuple):
+    """One ordinary update pass, reduced over ranks."""
 
-    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+    metrics: dict[str, float]
+    skipped_steps: int
+    entropy: float
+
+
+class FSDPPolicy:
+    """One rank of a sharded causal LM that computes log-probs. `trainable=False` (the reference policy) keeps
+    no gradients; the actor subclass trains it. Every public method is collective: all ranks call it, each with
+    its own rows. Uses `config`'s precision and log-prob micro-batch options."""
+
+    def __init__(
+        self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any], trainable: bool = False
+    ):
         if not dist.is_initialized():
             raise RuntimeError(
-                "FSDPActor needs an initialised torch.distributed process group (dist.init_process_group, "
-                "or ActorWorker inside a RayWorkerGroup)"
+                f"{type(self).__name__} needs an initialised torch.distributed process group "
+                "(dist.init_process_group, or its worker inside a RayWorkerGroup)"
             )
         self.config = cfg = ActorConfig.from_any(config)
         self.model_path = Path(model_path)
         if not (self.model_path / "config.json").is_file():
             raise FileNotFoundError(
-                f"actor model path {self.model_path} is not an HF model directory (no config.json)"
+                f"{type(self).__name__} model path {self.model_path} is not an HF model directory (no config.json)"
             )
         self.device = default_device()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if cfg.ppo_mini_batch_size % self.world_size:
-            raise ValueError(
-                f"actor.ppo_mini_batch_size={cfg.ppo_mini_batch_size} must be a multiple of the number of actor "
-                f"ranks ({self.world_size}): each rank takes an equal share of every mini-batch"
-            )
 
         hf_config = AutoConfig.from_pretrained(self.model_path)
         self.export_dtype = getattr(hf_config, "dtype", None) or torch.float32
@@ -100,7 +111,9 @@ class FSDPActor:
                 setattr(hf_config, name, 0.0)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, config=hf_config, dtype=torch.float32)
         model.config.use_cache = False
-        if cfg.activation_checkpointing:
+        if not trainable:
+            model.requires_grad_(False)
+        elif cfg.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         param_dtype = DTYPES["bfloat16" if self.device.type == "cuda" else "float32"]
         if cfg.param_dtype != "auto":
@@ -111,18 +124,6 @@ class FSDPActor:
             mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
         shard_model(model, self.device, mp_policy)
         self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
-
-        self.optimizer = build_optimizer(
-            model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps
-        )
-        self.scheduler = build_scheduler(
-            self.optimizer,
-            schedule=cfg.lr_schedule,
-            warmup_steps=cfg.resolved_warmup_steps,
-            total_steps=cfg.total_steps,
-            min_lr_ratio=cfg.min_lr_ratio,
-        )
 
     # ------------------------------------------------------------------ forward
     def _forward(
@@ -206,59 +207,90 @@ class FSDPActor:
             }
         )
 
+
+class FSDPActor(FSDPPolicy):
+    """One rank of the actor: the policy with its optimizer, LR schedule, updates and checkpoints."""
+
+    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+        super().__init__(model_path, config, trainable=True)
+        cfg = self.config
+        if cfg.ppo_mini_batch_size % self.world_size:
+            raise ValueError(
+                f"actor.ppo_mini_batch_size={cfg.ppo_mini_batch_size} must be a multiple of the number of actor "
+                f"ranks ({self.world_size}): each rank takes an equal share of every mini-batch"
+            )
+        self.policy_loss = get_policy_loss(cfg.policy_loss)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(
+            self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            schedule=cfg.lr_schedule,
+            warmup_steps=cfg.resolved_warmup_steps,
+            total_steps=cfg.total_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+        )
+
     # ------------------------------------------------------------------ updates
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> UpdateResult:
         """One ordinary policy update (ppo_epochs x mini-batches); the LR schedule advances once."""
         data = self._training_data(batch)
-        return self._finish_step(self._policy_pass(data, pass_index=0, stage="update"))
+        return self._finish_step(self._policy_pass(data, pass_index=0, stage="update"), fast=None)
 
-    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> dict[str, float]:
+    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> UpdateResult:
         """One SFPO step: K fast updates, reposition theta0 + alpha (thetaK - theta0), one slow update.
 
-        Returns the slow pass's metrics plus `sfpo/*` diagnostics. Adam moments carry through all K + 1 passes;
+        The result is the slow pass's, with how the fast trajectory ended; its metrics add `sfpo/*` diagnostics. Adam moments carry through all K + 1 passes;
         the LR schedule advances once for the whole step. A fast pass with a non-finite step (or fast weights that
         went non-finite) discards the fast trajectory: the slow copy is restored before the slow pass.
         """
         if not (isinstance(inner_steps, int) and inner_steps >= 1):
             raise ValueError(f"sfpo_update: inner_steps must be an integer >= 1, got {inner_steps!r}")
-        if not (0.0 <= float(alpha) <= 1.0):
-            raise ValueError(f"sfpo_update: alpha must be in [0, 1], got {alpha!r}")
         data = self._training_data(batch)
         shards = local_shards(self.params)
         slow_device = torch.device("cpu") if self.config.sfpo_slow_copy_device == "cpu" else None
         slow = snapshot_(shards, device=slow_device)
-        sfpo: dict[str, float] = {"sfpo/fast_skipped_steps": 0.0}
+        sfpo: dict[str, float] = {}
+        fast_skipped = 0
         for k in range(inner_steps):
             fast = self._policy_pass(data, pass_index=k, stage=f"fast{k}")
-            sfpo[f"sfpo/fast_loss_k{k}"] = fast["actor/pg_loss"]
-            sfpo["sfpo/fast_skipped_steps"] += fast["actor/skipped_steps"]
-            if fast["actor/skipped_steps"]:  # the same on every rank (the checks are global)
+            sfpo[f"sfpo/fast_loss_k{k}"] = fast.metrics["actor/pg_loss"]
+            fast_skipped += fast.skipped_steps
+            if fast.skipped_steps:  # the same on every rank (the checks are global)
                 break
         displacement = self._global_norm(displacement_norm(shards, slow))
-        sfpo["sfpo/fast_displacement_norm"] = displacement
-        fast_failed = sfpo["sfpo/fast_skipped_steps"] > 0 or not math.isfinite(displacement)
+        fast_failed = fast_skipped > 0 or not math.isfinite(displacement)
         if fast_failed:
             logger.warning("actor: SFPO fast trajectory went non-finite; slow weights restored")
             restore_(shards, slow)
         else:
             reposition_(shards, slow, float(alpha))
+        sfpo["sfpo/fast_skipped_steps"] = float(fast_skipped)
+        sfpo["sfpo/fast_displacement_norm"] = displacement
         sfpo["sfpo/fast_restored"] = float(fast_failed)
         sfpo["sfpo/reposition_norm"] = self._global_norm(displacement_norm(shards, slow))
         del slow  # the slow pass runs without the snapshot
-        metrics = self._policy_pass(data, pass_index=inner_steps, stage="slow")
-        sfpo["sfpo/slow_loss"] = metrics["actor/pg_loss"]
-        return self._finish_step({**metrics, **sfpo})
+        slow_pass = self._policy_pass(data, pass_index=inner_steps, stage="slow")
+        sfpo["sfpo/slow_loss"] = slow_pass.metrics["actor/pg_loss"]
+        slow_pass.metrics.update(sfpo)
+        return self._finish_step(
+            slow_pass, fast=FastTrajectory(skipped_steps=fast_skipped, restored=fast_failed)
+        )
 
     def _global_norm(self, local_norm: torch.Tensor | float) -> float:
         """The norm over all ranks' shards from each rank's local norm (sum of squares, then sqrt)."""
         squared = torch.as_tensor(local_norm, dtype=torch.float64, device=self.device).reshape(1) ** 2
         return math.sqrt(all_reduce_sum(squared).item())
 
-    def _finish_step(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Log the LR this step used, then advance the schedule (once per training step)."""
-        metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+    def _finish_step(self, last: PassResult, fast: FastTrajectory | None) -> UpdateResult:
+        """The step's result (from its last pass) with the LR it used; then advance the schedule (once per
+        training step)."""
+        last.metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        return metrics
+        return UpdateResult(
+            skipped_steps=last.skipped_steps, entropy=last.entropy, sfpo=fast, metrics=last.metrics
+        )
 
     def _training_data(self, batch: Batch) -> Batch:
         """The update's columns on the device, after checking every rank holds the same whole number of local
@@ -292,8 +324,8 @@ class FSDPActor:
         )
         return torch.randperm(n_rows, generator=generator)
 
-    def _policy_pass(self, data: Batch, pass_index: int, stage: str) -> dict[str, float]:
-        """One ordinary update: ppo_epochs x (mini-batches, each one optimizer step). Global metrics. `stage`
+    def _policy_pass(self, data: Batch, pass_index: int, stage: str) -> PassResult:
+        """One ordinary update: ppo_epochs x (mini-batches, each one optimizer step), reduced over ranks. `stage`
         (update, fast<k>, slow) names the pass for `actor.inject_nonfinite_loss`."""
         cfg = self.config
         step = self.scheduler.last_epoch + 1  # 1-based: the schedule advances once per training step
@@ -320,9 +352,10 @@ class FSDPActor:
         n_steps = len(grad_norms)
         tokens = max(total["tokens"], 1.0)
         finite_norms = [g for g in grad_norms if math.isfinite(g)]
+        entropy = total["entropy"] / tokens
         metrics = {
             "actor/pg_loss": total["pg_loss"] / n_steps,
-            "actor/entropy": total["entropy"] / tokens,
+            "actor/entropy": entropy,
             "actor/clipfrac": total["clipfrac"] / tokens,
             "actor/approx_kl": total["approx_kl"] / tokens,
             "actor/ratio_mean": total["ratio_mean"] / tokens,
@@ -333,7 +366,7 @@ class FSDPActor:
         }
         if cfg.use_kl_loss:
             metrics["actor/kl_loss"] = total["kl_loss"] / n_steps
-        return metrics
+        return PassResult(metrics, skipped, entropy)
 
     def _optimizer_step(
         self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
@@ -355,7 +388,7 @@ class FSDPActor:
         for micro in mini.split_by_size(cfg.micro_batch_size_per_gpu):
             mask = micro["response_mask"]
             log_prob, entropy = self._forward(micro, temperature, entropy_grad=cfg.entropy_coeff != 0)
-            pg_loss, pg_metrics = ppo_clip_loss(
+            pg_loss, pg_metrics = self.policy_loss(
                 log_prob,
                 micro["old_log_probs"],
                 micro["advantages"],
@@ -434,14 +467,19 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def join_ranks(worker: Worker) -> None:
+    """Join the worker group's process group; on CPU, one thread per rank (the ranks share the machine)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    worker.init_process_group()
+
+
 class ActorWorker(Worker):
-    """Ray shell of one actor rank. Metric dicts come back per rank (a list, rank order); they are already
-    reduced over ranks, so every entry is the same and the driver may take the first."""
+    """Ray shell of one actor rank. Update results come back per rank (a list, rank order); they are already
+    reduced over ranks, so every entry is the same."""
 
     def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
-        if not torch.cuda.is_available():
-            torch.set_num_threads(1)  # one core per rank; the ranks share the machine
-        self.init_process_group()
+        join_ranks(self)
         self.actor = FSDPActor(model_path, config)
 
     @register(Dispatch.DP_SPLIT)
@@ -449,11 +487,11 @@ class ActorWorker(Worker):
         return self.actor.compute_log_prob(batch)
 
     @register(Dispatch.DP_SPLIT)
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> UpdateResult:
         return self.actor.update(batch)
 
     @register(Dispatch.DP_SPLIT)
-    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> dict[str, float]:
+    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> UpdateResult:
         return self.actor.sfpo_update(batch, inner_steps, alpha)
 
     @register(Dispatch.ALL)

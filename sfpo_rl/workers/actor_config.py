@@ -1,4 +1,4 @@
-"""Options of the `actor` config group; a bad value raises ValueError naming `actor.<option>`."""
+"""Options of the `actor` config group; a bad value raises ConfigError naming `actor.<option>`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
-from sfpo_rl.algorithms.policy_loss import LOSS_AGG_MODES
-from sfpo_rl.utils.options import is_int, is_number, options_from_any
+from sfpo_rl.algorithms.policy_loss import LOSS_AGG_MODES, policy_losses
+from sfpo_rl.utils.options import is_int, is_number, options_from_any, require
 from sfpo_rl.workers.optim import SCHEDULES
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
@@ -39,6 +39,9 @@ class ActorConfig:
     shuffle_mini_batches: bool = False
     seed: int = 0  # mini-batch shuffling
     # objective
+    policy_loss: str = (
+        "ppo_clip"  # a registered policy loss: ppo_clip, gspo (sfpo_rl/algorithms/policy_loss.py)
+    )
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
     clip_ratio_c: float | None = None  # dual-clip bound for negative advantages (> 1); None: off
@@ -60,43 +63,47 @@ class ActorConfig:
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
         for name in ("lr", "eps"):
-            _require(is_number(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0")
+            require(
+                is_number(getattr(self, name)) and getattr(self, name) > 0, f"actor.{name}", "a number > 0"
+            )
         for name in ("weight_decay", "entropy_coeff", "kl_loss_coef", "min_lr_ratio", "warmup_ratio"):
-            _require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
-        _require(self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
-        _require(self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)")
-        _require(
+            require(
+                is_number(getattr(self, name)) and getattr(self, name) >= 0, f"actor.{name}", "a number >= 0"
+            )
+        require(self.min_lr_ratio <= 1, "actor.min_lr_ratio", "in [0, 1]")
+        require(self.warmup_ratio < 1, "actor.warmup_ratio", "in [0, 1)")
+        require(
             isinstance(self.betas, tuple)
             and len(self.betas) == 2
             and all(is_number(b) and 0 <= b < 1 for b in self.betas),
-            "betas",
+            "actor.betas",
             "two numbers in [0, 1)",
         )
-        _require(
+        require(
             self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip > 0),
-            "grad_clip",
+            "actor.grad_clip",
             "null or a number > 0",
         )
-        _require(self.lr_schedule in SCHEDULES, "lr_schedule", f"one of {', '.join(SCHEDULES)}")
-        _require(
+        require(self.lr_schedule in SCHEDULES, "actor.lr_schedule", f"one of {', '.join(SCHEDULES)}")
+        require(
             self.total_steps is None or (is_int(self.total_steps) and self.total_steps >= 1),
-            "total_steps",
+            "actor.total_steps",
             "null or an integer >= 1",
         )
-        _require(
+        require(
             self.warmup_steps is None or (is_int(self.warmup_steps) and self.warmup_steps >= 0),
-            "warmup_steps",
+            "actor.warmup_steps",
             "null or an integer >= 0",
         )
-        _require(
+        require(
             self.warmup_steps is None or self.warmup_ratio == 0,
-            "warmup_steps",
+            "actor.warmup_steps",
             "null when actor.warmup_ratio is set (give one of the two)",
         )
         needs_total = self.lr_schedule == "cosine" or self.warmup_ratio > 0
-        _require(
+        require(
             not needs_total or self.total_steps is not None,
-            "total_steps",
+            "actor.total_steps",
             "set (the number of training steps) for a cosine schedule or a warmup_ratio",
         )
         for name in (
@@ -105,35 +112,55 @@ class ActorConfig:
             "log_prob_micro_batch_size",
             "ppo_epochs",
         ):
-            _require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
-        _require(isinstance(self.shuffle_mini_batches, bool), "shuffle_mini_batches", "true or false")
-        _require(is_int(self.seed), "seed", "an integer")
+            require(
+                is_int(getattr(self, name)) and getattr(self, name) >= 1, f"actor.{name}", "an integer >= 1"
+            )
+        require(isinstance(self.shuffle_mini_batches, bool), "actor.shuffle_mini_batches", "true or false")
+        require(is_int(self.seed), "actor.seed", "an integer")
+        require(
+            self.policy_loss in policy_losses(), "actor.policy_loss", f"one of {', '.join(policy_losses())}"
+        )
+        require(
+            self.clip_ratio_c is None or self.policy_loss == "ppo_clip",
+            "actor.clip_ratio_c",
+            f"null with actor.policy_loss={self.policy_loss} (dual clip is a PPO-clip option)",
+        )
         for name in ("clip_ratio_low", "clip_ratio_high"):
-            _require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
-        _require(self.clip_ratio_low < 1, "clip_ratio_low", "below 1 (the ratio's lower bound is 1 - low)")
-        _require(
+            require(
+                is_number(getattr(self, name)) and getattr(self, name) >= 0, f"actor.{name}", "a number >= 0"
+            )
+        require(
+            self.clip_ratio_low < 1, "actor.clip_ratio_low", "below 1 (the ratio's lower bound is 1 - low)"
+        )
+        require(
             self.clip_ratio_c is None or (is_number(self.clip_ratio_c) and self.clip_ratio_c > 1),
-            "clip_ratio_c",
+            "actor.clip_ratio_c",
             "null or a number > 1",
         )
-        _require(self.loss_agg_mode in LOSS_AGG_MODES, "loss_agg_mode", f"one of {', '.join(LOSS_AGG_MODES)}")
-        _require(isinstance(self.use_kl_loss, bool), "use_kl_loss", "true or false")
-        _require(self.kl_loss_type in KL_ESTIMATORS, "kl_loss_type", f"one of {', '.join(KL_ESTIMATORS)}")
-        _require(self.param_dtype in PARAM_DTYPES, "param_dtype", f"one of {', '.join(PARAM_DTYPES)}")
-        _require(self.reduce_dtype in ("float32", "bfloat16"), "reduce_dtype", "float32 or bfloat16")
-        _require(isinstance(self.activation_checkpointing, bool), "activation_checkpointing", "true or false")
-        _require(
+        require(
+            self.loss_agg_mode in LOSS_AGG_MODES, "actor.loss_agg_mode", f"one of {', '.join(LOSS_AGG_MODES)}"
+        )
+        require(isinstance(self.use_kl_loss, bool), "actor.use_kl_loss", "true or false")
+        require(
+            self.kl_loss_type in KL_ESTIMATORS, "actor.kl_loss_type", f"one of {', '.join(KL_ESTIMATORS)}"
+        )
+        require(self.param_dtype in PARAM_DTYPES, "actor.param_dtype", f"one of {', '.join(PARAM_DTYPES)}")
+        require(self.reduce_dtype in ("float32", "bfloat16"), "actor.reduce_dtype", "float32 or bfloat16")
+        require(
+            isinstance(self.activation_checkpointing, bool), "actor.activation_checkpointing", "true or false"
+        )
+        require(
             self.sfpo_slow_copy_device in SLOW_COPY_DEVICES,
-            "sfpo_slow_copy_device",
+            "actor.sfpo_slow_copy_device",
             f"one of {', '.join(SLOW_COPY_DEVICES)}",
         )
         points = self.inject_nonfinite_loss
         bad = (
             [points] if isinstance(points, str) else [p for p in points if not INJECTION_POINT.match(str(p))]
         )
-        _require(
+        require(
             not bad,
-            "inject_nonfinite_loss",
+            "actor.inject_nonfinite_loss",
             f'a list of "<step>" or "<step>:<pass>" (pass: update, slow, fast<k>), e.g. ["3", "4:fast0"]; got {bad}',
         )
         self.inject_nonfinite_loss = [str(p) for p in points]
@@ -148,8 +175,3 @@ class ActorConfig:
     def from_any(cls, config: ActorConfig | Mapping[str, Any] | Any) -> ActorConfig:
         """An `ActorConfig` from itself, a mapping or an OmegaConf node (unknown keys are an error)."""
         return options_from_any(cls, config, "actor")
-
-
-def _require(ok: bool, option: str, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"actor.{option} must be {expected}")

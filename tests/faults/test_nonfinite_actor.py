@@ -25,6 +25,7 @@ from actor_helpers import (  # noqa: E402
 )
 
 from sfpo_rl.workers.actor import FSDPActor  # noqa: E402
+from sfpo_rl.workers.update_result import FastTrajectory  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +53,8 @@ def _job(rank: int, model_dir: str, batch, out: str) -> None:
     for name, point in [("clean", None), *POISONED.items()]:
         actor = FSDPActor(model_dir, {**CONFIG, "inject_nonfinite_loss": [point] if point else []})
         plain = name in ("clean", "update")
-        metrics = actor.update(local) if plain else actor.sfpo_update(local, K, ALPHA)
-        results[name] = (metrics, actor.state_dict_for_rollout())
+        result = actor.update(local) if plain else actor.sfpo_update(local, K, ALPHA)
+        results[name] = (result, actor.state_dict_for_rollout())
         del actor
     if rank == 0:
         torch.save(results, out)
@@ -99,16 +100,21 @@ def _finite(state: dict[str, torch.Tensor]) -> bool:
 def test_poisoned_plain_update_leaves_the_weights_untouched(results, tiny_model_dir, faults):
     _, res = results
     with faults.survives("NaN loss in the actor's update pass"):
-        metrics, state = res["update"]
-        assert metrics["actor/skipped_steps"] == 2 and metrics["actor/n_optimizer_steps"] == 0
+        result, state = res["update"]
+        assert result.skipped_steps == 2 and result.sfpo is None and result.nonfinite
+        assert result.metrics["actor/skipped_steps"] == 2 and result.metrics["actor/n_optimizer_steps"] == 0
         assert max_param_diff(state, plain_model(tiny_model_dir)) == 0.0
-        assert math.isnan(metrics["actor/grad_norm"])  # no step ran to average over
+        assert math.isnan(result.metrics["actor/grad_norm"])  # no step ran to average over
+        assert not res["clean"][0].nonfinite
 
 
 def test_poisoned_first_fast_pass_makes_the_step_a_plain_update(results, faults):
     _, res = results
     with faults.survives("NaN loss in the actor's fast0 pass"):
-        metrics, state = res["fast0"]
+        result, state = res["fast0"]
+        metrics = result.metrics
+        assert result.sfpo == FastTrajectory(skipped_steps=2, restored=True) and result.skipped_steps == 0
+        assert result.nonfinite and result.all_skipped_steps == 2
         assert metrics["sfpo/fast_restored"] == 1 and metrics["sfpo/fast_skipped_steps"] == 2
         assert "sfpo/fast_loss_k1" not in metrics  # the fast trajectory stopped at the poisoned pass
         assert metrics["sfpo/fast_displacement_norm"] == 0 and metrics["sfpo/reposition_norm"] == 0
@@ -120,10 +126,11 @@ def test_poisoned_first_fast_pass_makes_the_step_a_plain_update(results, faults)
 def test_poisoned_later_fast_pass_restores_the_slow_weights(results, tiny_model_dir, faults):
     batch, res = results
     with faults.survives("NaN loss in the actor's fast1 pass"):
-        metrics, state = res["fast1"]
-        assert metrics["sfpo/fast_restored"] == 1 and metrics["sfpo/fast_skipped_steps"] == 2
+        result, state = res["fast1"]
+        metrics = result.metrics
+        assert result.sfpo == FastTrajectory(skipped_steps=2, restored=True)
         assert metrics["sfpo/fast_displacement_norm"] > 0 and metrics["sfpo/reposition_norm"] == 0
-        assert metrics["actor/skipped_steps"] == 0 and _finite(state)
+        assert result.skipped_steps == 0 and _finite(state)
         # Fast pass 0 moved the weights and Adam's moments; the weights go back, the moments carry on.
         reference = _reference(tiny_model_dir, batch, ["snapshot", "update", "restore", "update"])
         assert max_param_diff(state, reference) < 1e-5
@@ -132,11 +139,12 @@ def test_poisoned_later_fast_pass_restores_the_slow_weights(results, tiny_model_
 def test_poisoned_slow_pass_keeps_the_repositioned_weights(results, tiny_model_dir, faults):
     batch, res = results
     with faults.survives("NaN loss in the actor's slow pass"):
-        metrics, state = res["slow"]
-        assert metrics["sfpo/fast_restored"] == 0 and metrics["actor/skipped_steps"] == 2
+        result, state = res["slow"]
+        metrics = result.metrics
+        assert result.sfpo == FastTrajectory(skipped_steps=0, restored=False) and result.skipped_steps == 2
         assert metrics["sfpo/reposition_norm"] == pytest.approx(
             ALPHA * metrics["sfpo/fast_displacement_norm"]
         )
-        assert math.isfinite(metrics["actor/entropy"]) and _finite(state)
+        assert math.isfinite(result.entropy) and result.entropy == metrics["actor/entropy"] and _finite(state)
         reference = _reference(tiny_model_dir, batch, ["snapshot", *["update"] * K, "reposition"])
         assert max_param_diff(state, reference) < 1e-5

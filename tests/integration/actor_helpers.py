@@ -116,12 +116,18 @@ def plain_update(
         for mini in global_mini_batches(batch, world_size, cfg["ppo_mini_batch_size"]):
             mask = mini["response_mask"]
             log_probs, entropy = plain_log_probs(model, mini)
-            ratio = torch.exp(log_probs - mini["old_log_probs"])
             adv = mini["advantages"]
+            mode = cfg.get("loss_agg_mode", "token-mean")
+            if cfg.get("policy_loss") == "gspo":  # one ratio per sequence; mean over sequences
+                assert mode == "seq-mean-token-mean"
+                log_ratio = (log_probs - mini["old_log_probs"]) * mask
+                ratio = torch.exp(log_ratio.sum(-1) / mask.sum(-1))
+                adv = adv[:, 0]  # outcome advantages: the same on every token of a row
+            else:
+                ratio = torch.exp(log_probs - mini["old_log_probs"])
             clipped = ratio.clamp(1 - cfg["clip_ratio_low"], 1 + cfg["clip_ratio_high"])
             pg = torch.maximum(-adv * ratio, -adv * clipped)
-            mode = cfg.get("loss_agg_mode", "token-mean")
-            pg_loss = _masked_agg(pg, mask, mode)
+            pg_loss = pg.mean() if cfg.get("policy_loss") == "gspo" else _masked_agg(pg, mask, mode)
             loss = pg_loss - cfg["entropy_coeff"] * _masked_agg(entropy, mask, mode)
             if cfg.get("use_kl_loss"):
                 kl = mini["ref_log_probs"] - log_probs  # low-variance KL (k3), clamped as in verl

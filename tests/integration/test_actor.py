@@ -1,4 +1,5 @@
-"""The FSDP2 actor on 2 CPU ranks (gloo) against plain single-process references.
+"""The FSDP2 actor (and the inference-only reference policy) on 2 CPU ranks (gloo) against plain single-process
+references.
 
 One spawned 2-rank job (module fixture) runs every distributed computation and saves the results; the tests
 compare them with a plain transformers model + AdamW + full-mini-batch loss computed in the test process.
@@ -28,7 +29,8 @@ from actor_helpers import (
 )
 
 from sfpo_rl.tiny.model import make_random_tiny_model
-from sfpo_rl.workers.actor import ActorConfig, FSDPActor
+from sfpo_rl.workers.actor import ActorConfig, FSDPActor, FSDPPolicy
+from sfpo_rl.workers.update_result import FastTrajectory
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +65,14 @@ CONFIG_AC_SEQ_KL = {
     "kl_loss_type": "low_var_kl",
 }
 CONSTANT_LR = {**CONFIG, "lr_schedule": "constant", "warmup_steps": None}
+# GSPO from the policy-loss registry: one ratio per sequence, clipped to a range some sequences leave.
+CONFIG_GSPO = {
+    **CONFIG,
+    "policy_loss": "gspo",
+    "loss_agg_mode": "seq-mean-token-mean",
+    "clip_ratio_low": 0.1,
+    "clip_ratio_high": 0.1,
+}
 K, ALPHA = 2, 0.6
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4096", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
 
@@ -127,7 +137,7 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
     # Uneven splits (9 + 3 rows: 3 vs 1 micro-batches; 12 + 0 rows): the shorter rank joins the extra forwards.
     log_probs["uneven"] = actor.compute_log_prob(batch[0:9] if rank == 0 else batch[9:12])
     log_probs["empty"] = actor.compute_log_prob(batch if rank == 0 else batch[12:])
-    results["update_metrics"] = actor.update(local)
+    results["update"] = actor.update(local)
     results["update_state"] = actor.state_dict_for_rollout()
     t0 = time.perf_counter()
     actor.update(local)
@@ -136,13 +146,13 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
 
     actor = FSDPActor(model_dir, CONFIG)
     t0 = time.perf_counter()
-    results["sfpo_metrics"] = actor.sfpo_update(local, K, ALPHA)
+    results["sfpo"] = actor.sfpo_update(local, K, ALPHA)
     results["time_sfpo_s"] = time.perf_counter() - t0
     results["sfpo_state"] = actor.state_dict_for_rollout()
     del actor
 
     actor = FSDPActor(model_dir, CONFIG_AC_SEQ_KL)
-    results["ac_metrics"] = actor.update(local)
+    results["ac"] = actor.update(local)
     results["ac_state"] = actor.state_dict_for_rollout()
     del actor
 
@@ -164,9 +174,20 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
         advantages = poisoned["advantages"].clone()
         advantages[0] = float("nan")
         poisoned["advantages"] = advantages
-    results["nan_metrics"] = actor.update(poisoned)
+    results["nan"] = actor.update(poisoned)
     results["nan_state"] = actor.state_dict_for_rollout()
     del actor
+
+    actor = FSDPActor(model_dir, CONFIG_GSPO)
+    results["gspo"] = actor.update(local)
+    results["gspo_state"] = actor.state_dict_for_rollout()
+    del actor
+
+    reference = FSDPPolicy(model_dir, CONFIG)  # inference only: no gradients, no optimizer
+    log_probs["reference"] = reference.compute_log_prob(local)
+    frozen = not any(p.requires_grad for p in reference.model.parameters())
+    results["reference_frozen"] = frozen and not hasattr(reference, "optimizer")
+    del reference
 
     memory = _memory_job(rank, memory_model_dir, memory_batch)
     gathered = [None] * WORLD
@@ -207,7 +228,7 @@ def _reference(model_dir, cfg, lr):
     return model, plain_optimizer(model, cfg, lr)
 
 
-@pytest.mark.parametrize("split", ["even", "uneven", "empty"])
+@pytest.mark.parametrize("split", ["even", "uneven", "empty", "reference"])
 def test_compute_log_prob_matches_single_process_transformers(setup, tiny_model_dir, split):
     batch, results = setup
     model = plain_model(tiny_model_dir)
@@ -232,14 +253,15 @@ def test_update_matches_single_process_reference(setup, tiny_model_dir):
     ref = plain_update(model, optimizer, batch, CONFIG)
     moved = (flat_params(model) - before).abs().max().item()
     diff = max_param_diff(results["update_state"], model)
-    metrics = results["update_metrics"]
+    update = results["update"]
+    metrics = update.metrics
     print(f"\nupdate: params moved up to {moved:.2e}, max |actor - reference| {diff:.2e}; metrics {metrics}")
     assert moved > 1e-3  # the comparison is not trivially passed by parameters that did not change
     assert diff < 1e-5
     assert metrics["actor/lr"] == pytest.approx(FIRST_STEP_LR)
     assert metrics["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
-    assert metrics["actor/entropy"] == pytest.approx(ref["entropy"], abs=1e-6)
-    assert metrics["actor/n_optimizer_steps"] == 4 and metrics["actor/skipped_steps"] == 0
+    assert update.entropy == metrics["actor/entropy"] == pytest.approx(ref["entropy"], abs=1e-6)
+    assert metrics["actor/n_optimizer_steps"] == 4 and update.skipped_steps == 0 and update.sfpo is None
     assert 0 < metrics["actor/clipfrac"] < 1 and metrics["actor/ratio_max"] > 1 + CONFIG["clip_ratio_high"]
 
 
@@ -250,14 +272,34 @@ def test_update_with_activation_checkpointing_seq_mean_and_kl_matches_reference(
     diff = max_param_diff(results["ac_state"], model)
     print(f"\nupdate (activation checkpointing, seq-mean-token-mean, KL loss): max |diff| {diff:.2e}")
     assert diff < 1e-5
-    assert results["ac_metrics"]["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
-    assert results["ac_metrics"]["actor/kl_loss"] > 0
+    assert results["ac"].metrics["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
+    assert results["ac"].metrics["actor/kl_loss"] > 0
+
+
+def test_gspo_update_matches_single_process_reference(setup, tiny_model_dir):
+    batch, results = setup
+    model, optimizer = _reference(tiny_model_dir, CONFIG_GSPO, FIRST_STEP_LR)
+    ref = plain_update(model, optimizer, batch, CONFIG_GSPO)
+    diff = max_param_diff(results["gspo_state"], model)
+    metrics = results["gspo"].metrics
+    print(f"\nGSPO update: max |actor - reference| {diff:.2e}; clipfrac {metrics['actor/clipfrac']:.2f}")
+    assert diff < 1e-5
+    assert metrics["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
+    assert 0 < metrics["actor/clipfrac"] < 1  # both clipped and live sequences
+    # Not PPO-clip under another name: PPO-clip's update of the same data and options gives other weights.
+    gspo, ppo = results["gspo_state"], results["update_state"]
+    assert max((gspo[k] - ppo[k]).abs().max().item() for k in ppo) > 1e-4
+
+
+def test_reference_policy_is_inference_only(setup):
+    _, results = setup
+    assert results["reference_frozen"]
 
 
 def test_non_finite_gradient_skips_only_that_step(setup, tiny_model_dir):
     batch, results = setup
-    metrics = results["nan_metrics"]
-    assert metrics["actor/skipped_steps"] == 2 and metrics["actor/n_optimizer_steps"] == 2
+    metrics = results["nan"].metrics
+    assert results["nan"].skipped_steps == 2 and metrics["actor/n_optimizer_steps"] == 2
     assert math.isfinite(metrics["actor/grad_norm"])  # the mean over the steps that ran
     # Equal to an update that never saw mini-batch 0: no NaN reached the weights or the Adam moments.
     model, optimizer = _reference(tiny_model_dir, CONFIG, FIRST_STEP_LR)
@@ -281,7 +323,7 @@ def test_sfpo_update_matches_single_process_reference(setup, tiny_model_dir):
     reposition = math.sqrt(sum(((p - s) ** 2).sum().item() for p, s in zip(model.parameters(), slow)))
     slow_pass = plain_update(model, optimizer, batch, CONFIG)
 
-    metrics = results["sfpo_metrics"]
+    metrics = results["sfpo"].metrics
     diff = max_param_diff(results["sfpo_state"], model)
     print(f"\nsfpo_update (K={K}, alpha={ALPHA}): max |actor - reference| {diff:.2e}; metrics {metrics}")
     assert diff < 1e-5
@@ -292,7 +334,8 @@ def test_sfpo_update_matches_single_process_reference(setup, tiny_model_dir):
         assert metrics[f"sfpo/fast_loss_k{k}"] == pytest.approx(fast_losses[k], abs=1e-6)
     assert metrics["sfpo/slow_loss"] == pytest.approx(slow_pass["pg_loss"], abs=1e-6)
     assert metrics["actor/pg_loss"] == metrics["sfpo/slow_loss"]
-    assert metrics["actor/entropy"] == pytest.approx(slow_pass["entropy"], abs=1e-6)
+    assert results["sfpo"].entropy == pytest.approx(slow_pass["entropy"], abs=1e-6)
+    assert results["sfpo"].sfpo == FastTrajectory(skipped_steps=0, restored=False)
     assert metrics["actor/lr"] == pytest.approx(FIRST_STEP_LR)  # one schedule step for the whole SFPO step
 
 
@@ -328,3 +371,7 @@ def test_config_errors_name_the_option():
         ActorConfig(lr_schedule="cosine")
     with pytest.raises(ValueError, match=r"actor\.bogus"):
         ActorConfig.from_any({"bogus": 1})
+    with pytest.raises(ValueError, match=r"actor\.policy_loss must be one of gspo, ppo_clip"):
+        ActorConfig(policy_loss="ppo")
+    with pytest.raises(ValueError, match=r"actor\.clip_ratio_c must be null with actor\.policy_loss=gspo"):
+        ActorConfig(policy_loss="gspo", clip_ratio_c=3.0)

@@ -56,7 +56,7 @@ def test_checkpoint_roundtrip_and_hf_export(ray_local, tiny_model_dir, tmp_path)
     group = _actor_group(tiny_model_dir, "actor_ckpt_a")
     try:
         first = group.update(batch)
-        assert len(first) == 2 and first[0] == first[1]  # per-rank metrics, identical after the all_reduce
+        assert len(first) == 2 and first[0] == first[1]  # per-rank results, identical after the all_reduce
         group.save_checkpoint(str(ckpt))
         log_probs = group.compute_log_prob(batch)
         second = group.update(batch)[0]
@@ -68,7 +68,9 @@ def test_checkpoint_roundtrip_and_hf_export(ray_local, tiny_model_dir, tmp_path)
     # Every HF name, the tied LM head included (vLLM's in-place reload needs it).
     assert weights[0].keys() == model.state_dict().keys()
     weights = weights[0]
-    assert second["actor/lr"] == pytest.approx(1e-3) and first[0]["actor/lr"] == pytest.approx(5e-4)
+    assert second.metrics["actor/lr"] == pytest.approx(1e-3) and first[0].metrics[
+        "actor/lr"
+    ] == pytest.approx(5e-4)
 
     fresh = _actor_group(tiny_model_dir, "actor_ckpt_b")
     try:

@@ -1,4 +1,5 @@
-"""PPO-clip loss and aggregation against plain per-token python references."""
+"""Policy losses (PPO-clip, GSPO) and aggregation against plain per-token python references and hand-worked
+examples; the registry that picks a loss by name."""
 
 import math
 
@@ -7,7 +8,15 @@ import torch
 
 from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
-from sfpo_rl.algorithms.policy_loss import LOSS_AGG_MODES, agg_loss, ppo_clip_loss
+from sfpo_rl.algorithms.policy_loss import (
+    LOSS_AGG_MODES,
+    agg_loss,
+    get_policy_loss,
+    gspo_loss,
+    policy_losses,
+    ppo_clip_loss,
+    register_policy_loss,
+)
 
 
 def random_inputs(seed=0, b=6, t=7):
@@ -179,3 +188,86 @@ def test_log_probs_and_entropy_match_log_softmax_and_are_stable():
         -(torch.log_softmax(huge.double(), -1).exp() * torch.log_softmax(huge.double(), -1)).sum().item(),
         rel=1e-5,
     )
+
+
+# ------------------------------------------------------------------ GSPO and the registry
+
+
+def hand_worked_gspo_inputs():
+    """Two sequences. Row 0: 2 tokens with log-ratios 0.1 and 0.3, so s_0 = e^0.2 = 1.2214, A = +1: above
+    1 + 0.2, clipped. Row 1: 1 token (plus padding) with log-ratio -0.1, s_1 = e^-0.1 = 0.9048, A = -1: inside
+    [0.8, 1.2], not clipped."""
+    old = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], dtype=torch.float64)
+    lp = old + torch.tensor([[0.1, 0.3], [-0.1, 7.0]], dtype=torch.float64)  # 7.0 sits on padding
+    adv = torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    return lp, old, adv, mask
+
+
+def test_gspo_matches_the_hand_worked_example():
+    lp, old, adv, mask = hand_worked_gspo_inputs()
+    lp = lp.clone().requires_grad_(True)
+    s1 = math.exp(-0.1)
+    loss, metrics = gspo_loss(lp, old, adv, mask, loss_agg_mode="seq-mean-token-mean")
+    # Row 0: max(-1.2214, -1.2) = -1.2 (clipped); row 1: max(0.9048, 0.9048) = 0.9048; mean over rows.
+    assert loss.item() == pytest.approx((-1.2 + s1) / 2, rel=1e-12)
+    loss.backward()
+    # Row 0 is clipped: no gradient. Row 1: d/d lp of (1/2) * (-A) * s_1 over its one token = s_1 / 2.
+    expected_grad = torch.tensor([[0.0, 0.0], [s1 / 2, 0.0]], dtype=torch.float64)
+    assert torch.allclose(lp.grad, expected_grad, atol=1e-12)
+    # Token-mean weighs row 0's two tokens twice: (2 * -1.2 + 0.9048) / 3.
+    token_mean, _ = gspo_loss(lp.detach(), old, adv, mask, loss_agg_mode="token-mean")
+    assert token_mean.item() == pytest.approx((2 * -1.2 + s1) / 3, rel=1e-12)
+    assert metrics["clipfrac"].item() == pytest.approx(2 / 3)  # row 0's two tokens of three
+    assert metrics["ratio_max"].item() == pytest.approx(math.exp(0.2))
+    assert metrics["approx_kl"].item() == pytest.approx(-(0.1 + 0.3 - 0.1) / 3)
+    # PPO-clip on the same tokens is a different objective: token 0 of row 0 (ratio e^0.1) is not clipped.
+    ppo, _ = ppo_clip_loss(lp.detach(), old, adv, mask, loss_agg_mode="seq-mean-token-mean")
+    assert ppo.item() == pytest.approx(((-math.exp(0.1) - 1.2) / 2 + s1) / 2, rel=1e-12)
+
+
+def test_gspo_gradient_is_the_sequence_level_objectives():
+    """Against a plain sequence-level GSPO: J = mean_i max(-A_i s_i, -A_i clip(s_i)), s_i the geometric mean
+    of row i's token ratios, differentiated by autograd."""
+    lp, old, _, mask = random_inputs(seed=4)
+    adv = torch.randn(lp.shape[0], 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    low, high = 0.05, 0.08
+    ours = lp.clone().requires_grad_(True)
+    loss, _ = gspo_loss(
+        ours,
+        old,
+        adv.expand_as(lp),
+        mask,
+        clip_ratio_low=low,
+        clip_ratio_high=high,
+        loss_agg_mode="seq-mean-token-mean",
+    )
+    loss.backward()
+
+    plain = lp.clone().requires_grad_(True)
+    terms = []
+    for i in range(lp.shape[0]):
+        n = int(mask[i].sum())
+        s = torch.exp((plain[i, :n] - old[i, :n]).mean())
+        a = adv[i, 0]
+        terms.append(torch.maximum(-a * s, -a * s.clamp(1 - low, 1 + high)))
+    reference = torch.stack(terms).mean()
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
+    assert torch.allclose(ours.grad, plain.grad, atol=1e-12)
+    assert (ours.grad != 0).any() and (ours.grad == 0).any()  # both clipped and live rows
+
+
+def test_gspo_refuses_dual_clip():
+    lp, old, adv, mask = hand_worked_gspo_inputs()
+    with pytest.raises(ValueError, match="actor.clip_ratio_c must be null with actor.policy_loss=gspo"):
+        gspo_loss(lp, old, adv, mask, clip_ratio_c=3.0)
+
+
+def test_registry_picks_losses_by_name_and_names_the_option():
+    assert {"ppo_clip", "gspo"} <= set(policy_losses())
+    assert get_policy_loss("ppo_clip") is ppo_clip_loss and get_policy_loss("gspo") is gspo_loss
+    with pytest.raises(ValueError, match="actor.policy_loss: unknown 'ppo'; choose one of gspo, ppo_clip"):
+        get_policy_loss("ppo")
+    with pytest.raises(ValueError, match="'gspo' is already registered"):
+        register_policy_loss("gspo")(gspo_loss)
