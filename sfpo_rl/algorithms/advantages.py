@@ -3,6 +3,12 @@
 Every estimator takes token-level rewards [B, R] (for outcome rewards: the score on the last response token),
 the response mask [B, R] and a `uid` per row (rows with the same uid are the n samples of one prompt), and
 returns (advantages, returns), both [B, R] and zero outside the mask.
+
+A group whose rewards are all equal carries no signal about which of its samples is better, so every grouped
+estimator gives its rows advantage (and return) exactly 0: float32 group means are not exact (eight samples
+of 0.1 average to 0.1 plus rounding), and dividing that rounding by a near-zero std would push every sample of
+the group the same way. REINFORCE++ has no groups (its baseline is the batch); a batch whose returns are all
+equal gets exactly 0.
 """
 
 from __future__ import annotations
@@ -59,7 +65,13 @@ def compute_advantage(
         )
     if len(uid) != token_level_rewards.shape[0]:
         raise ValueError(f"uid has {len(uid)} entries for {token_level_rewards.shape[0]} rows")
-    return _REGISTRY[name](token_level_rewards, response_mask.to(token_level_rewards.dtype), uid, **options)
+    advantages, returns = _REGISTRY[name](
+        token_level_rewards, response_mask.to(token_level_rewards.dtype), uid, **options
+    )
+    if name in _GROUPED:
+        informative = ~constant_groups(token_level_rewards.sum(-1), uid)
+        advantages, returns = (t * informative.unsqueeze(-1).to(t.dtype) for t in (advantages, returns))
+    return advantages, returns
 
 
 def group_index(uid: Sequence[Any] | np.ndarray) -> torch.Tensor:
@@ -82,8 +94,22 @@ def group_stats(scores: torch.Tensor, uid: Sequence[Any] | np.ndarray) -> tuple[
     return count[index], mean, var.sqrt()[index]
 
 
+def constant_groups(scores: torch.Tensor, uid: Sequence[Any] | np.ndarray) -> torch.Tensor:
+    """Per-row bool: every score of the row's group is the same (groups of one included)."""
+    index = group_index(uid).to(scores.device)
+    n_groups = int(index.max()) + 1 if len(index) else 0
+    empty = torch.empty(n_groups, dtype=scores.dtype, device=scores.device)
+    high = empty.scatter_reduce(0, index, scores, "amax", include_self=False)
+    low = empty.scatter_reduce(0, index, scores, "amin", include_self=False)
+    return (high == low)[index]
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(values - mean) / std over the masked entries (unbiased variance), zero outside the mask."""
+    """(values - mean) / std over the masked entries (unbiased variance), zero outside the mask; exactly zero
+    when the masked values are all equal (their float mean is not exact, and eps would magnify the rest)."""
+    masked = values[mask.bool()]
+    if masked.numel() == 0 or bool(masked.max() == masked.min()):
+        return torch.zeros_like(values)
     n = mask.sum()
     mean = (values * mask).sum() / n.clamp(min=1)
     var = (((values - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)

@@ -107,3 +107,35 @@ def test_shape_errors_are_clear():
         compute_advantage("grpo", rewards, mask, ["a"])
     with pytest.raises(ValueError, match="same shape"):
         compute_advantage("grpo", rewards, mask[:, :2], ["a", "b"])
+
+
+GROUPED = ["grpo", "drgrpo", "rloo", "reinforce_plus_plus_baseline"]
+
+
+@pytest.mark.parametrize("name", GROUPED)
+@pytest.mark.parametrize(("value", "size"), [(0.1, 8), (0.7, 16), (1 / 3, 6), (0.1, 2)])
+def test_constant_groups_get_exactly_zero_next_to_informative_ones(name, value, size):
+    """Float32 group means of equal rewards are not exact (8 x 0.1 gave |A| = 7.4e-3, all one sign, under
+    grpo); such a group must get exactly 0 while the other groups keep their values."""
+    scores = [value] * size + [1.0, 0.0, 0.1, 1.0]
+    rewards, mask = outcome(scores, [1 + i % 3 for i in range(len(scores))])
+    uid = ["flat"] * size + ["mixed"] * 4
+    adv, returns = compute_advantage(name, rewards, mask, uid)
+    assert torch.count_nonzero(adv[:size]) == 0 and torch.count_nonzero(returns[:size]) == 0
+    assert torch.count_nonzero(adv[size:]) > 0
+    if name != "reinforce_plus_plus_baseline":  # per-group estimators: the other group is untouched
+        alone, _ = compute_advantage(name, rewards[size:], mask[size:], uid[size:])
+        assert torch.equal(adv[size:], alone)
+    else:  # whitened over the whole batch's tokens, the flat group's zeros included (as before)
+        centered = torch.tensor([0.0] * size + [s - 0.525 for s in scores[size:]])
+        tokens = (centered.unsqueeze(-1) * mask)[mask.bool()]
+        expected = (centered[size:].unsqueeze(-1) - tokens.mean()) / tokens.std() * mask[size:]
+        assert torch.allclose(adv[size:], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.1, 0.7])
+def test_reinforce_plus_plus_on_a_batch_of_equal_returns_is_exactly_zero(value):
+    rewards, mask = outcome([value] * 16, [4] * 16)
+    adv, returns = compute_advantage("reinforce_plus_plus", rewards, mask, [str(i) for i in range(16)])
+    assert torch.count_nonzero(adv) == 0
+    assert torch.allclose(returns, rewards.flip(-1).cumsum(-1).flip(-1))  # returns are untouched
