@@ -10,7 +10,8 @@ A Python thread cannot be killed, so there are two ways to stop a call:
 - `VerifierPool` (`reward.timeout_mode=process`, the default): persistent child processes score tasks, each
   under SIGALRM on the child's own main thread, and stream back one result per task. A child that gives no
   result within `timeout_s + grace_s` is killed and restarted and its task counted as a timeout, so anything
-  is stopped. Children are plain `python -m` subprocesses (not multiprocessing spawn/fork): nothing of the
+  is stopped. A child that dies (an OOM kill, a crash in C code) costs at most the task it was scoring, counted
+  as an error; one found dead between batches is replaced before it is sent anything and costs nothing. Children are plain `python -m` subprocesses (not multiprocessing spawn/fork): nothing of the
   parent's main module is re-imported, and a parent that holds threads (Ray, torch) is never forked.
 """
 
@@ -183,7 +184,7 @@ class VerifierPool:
             for c in range(len(self._children)):
                 if c not in running and todo:
                     sent = deque(todo.popleft() for _ in range(min(chunk, len(todo))))
-                    self._children[c].conn.send([tasks[i] for i in sent])
+                    self._send(c, [tasks[i] for i in sent])
                     running[c], deadline[c] = sent, time.monotonic() + self.limit_s
             timeout = max(0.0, min(deadline[c] for c in running) - time.monotonic())
             ready = set(wait([self._children[c].conn for c in running], timeout))
@@ -205,6 +206,18 @@ class VerifierPool:
                     del running[c]
         return outcomes  # type: ignore[return-value]  (every slot is filled when the loop ends)
 
+    def _send(self, c: int, tasks: list[Task]) -> None:
+        """Give child `c` a chunk; a child that died while idle (it held no task) is replaced first."""
+        child = self._children[c]
+        if child.proc.poll() is None:
+            try:
+                child.conn.send(tasks)
+                return
+            except OSError:  # BrokenPipeError / ConnectionResetError: it died since the poll
+                pass
+        self._restart(c, f"the verifier process died while idle (exit code {child.proc.poll()})")
+        self._children[c].conn.send(tasks)
+
     def _replace(
         self,
         c: int,
@@ -218,6 +231,9 @@ class VerifierPool:
         sent = running.pop(c)
         outcomes[sent.popleft()] = Outcome(0.0, False, status, detail)
         todo.extendleft(reversed(sent))
+        self._restart(c, detail)
+
+    def _restart(self, c: int, detail: str) -> None:
         self._children[c].proc.kill()
         self._children[c].close()
         self.restarts += 1
