@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from sfpo_rl.data.io import DataError
 from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
 from sfpo_rl.trainer.config import ConfigError, Validated, register_schema, validate
+from sfpo_rl.trainer.learning_curve import plot_learning_curve
 
 CONFIG_DIR = os.environ.get("SFPO_RL_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "configs")
 logger = logging.getLogger("sfpo_rl")
@@ -159,6 +160,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if groups is not None:
             groups.shutdown()
+    curve_png = plot_learning_curve(run_dir, title=run_dir.name)
+    if curve_png is not None:
+        summary["learning_curve"] = str(curve_png)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     return summary
@@ -199,6 +203,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"[sfpo_rl] SFPO switched off after step {switched}" if switched is not None else "",
         f"[sfpo_rl] run dir {run_dir}: metrics {run_dir / 'metrics.jsonl'}, summary {run_dir / 'summary.json'}",
         f"[sfpo_rl] exported model: {summary['final_model']}" if "final_model" in summary else "",
+        f"[sfpo_rl] learning curve: {summary['learning_curve']}" if "learning_curve" in summary else "",
     ]
     print("\n".join(line for line in lines if line), flush=True)
 

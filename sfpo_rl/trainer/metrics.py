@@ -65,5 +65,8 @@ def validation_metrics(data_sources, uids, accs) -> dict[str, float]:
     for (source, _), values in per_problem.items():
         by_source[source].append(float(np.mean(values)))
     out = {f"val/acc/{source}": float(np.mean(v)) for source, v in sorted(by_source.items())}
-    out["val/acc"] = float(np.mean([a for v in by_source.values() for a in v]))
+    problems = [a for v in by_source.values() for a in v]
+    out["val/acc"] = float(np.mean(problems))
+    # The standard error of val/acc over problems (each problem's avg@k is one draw).
+    out["val/acc_se"] = float(np.std(problems, ddof=1) / np.sqrt(len(problems))) if len(problems) > 1 else 0.0
     return out
