@@ -1,9 +1,10 @@
 """Rule-based rewards: verifiers by data source, custom functions, time-limited batch scoring."""
 
-from sfpo_rl.rewards.answer import last_boxed, last_number
+from sfpo_rl.rewards.answer import is_no_answer, last_boxed, last_number
 from sfpo_rl.rewards.registry import (
     VerifierError,
     get_verifier,
+    ground_truth_problem,
     load_custom_verifier,
     register_verifier,
     registered_verifiers,
@@ -30,6 +31,8 @@ __all__ = [
     "arith_score",
     "get_verifier",
     "gsm8k_score",
+    "ground_truth_problem",
+    "is_no_answer",
     "last_boxed",
     "last_number",
     "load_custom_verifier",

@@ -1,4 +1,4 @@
-"""Final-answer extraction shared by the verifiers: the last \\boxed{...} and plain numbers."""
+"""Final-answer extraction shared by the verifiers: the last \\boxed{...}, plain numbers, "no answer" boxes."""
 
 from __future__ import annotations
 
@@ -6,13 +6,28 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_COMMANDS = ("\\boxed", "\\fbox", "\\framebox")
 # An integer or decimal, optionally with thousands separators ("1,234.5"); a "$" before it is not part of it.
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
+# LaTeX / typographic thousands separators between a digit and a group of exactly three digits:
+# 70{,}000, 1,\!234, 1\,234, 1\ 234, 1~234 and thin / no-break spaces.
+_DIGIT_GROUP_SEPARATOR = re.compile(
+    r"(?<=\d)(?:\{,\}|,\\!|\\,|\\!|\\ |~|[\u2009\u202f\u00a0])(?=\d{3}(?!\d))"
+)
+# What a box holds when the response gives no answer: nothing, only placeholders (?, ..., \ldots, _), or a
+# refusal ("I do not know", "I don't know", "not sure", "unknown", "no answer", "N/A", "idk"), possibly in
+# \text{} / \textbf{} / \mathrm{} and with trailing punctuation. Such a box earns 0, not the format score.
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_PLACEHOLDER = re.compile(r"(?:[?.\-_*…\s]|\\(?:l|c)?dots)*")
+_REFUSAL = re.compile(
+    r"(?:i\s*)?(?:do\s*not|don'?t|dont)\s*know|(?:i'?m\s*|i\s*am\s*)?(?:not\s*sure|unsure)|unknown|"
+    r"no\s*answer|n/a|idk"
+)
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested and escaped braces allowed) or `\\boxed x`.
+    """Content of the last `\\boxed{...}` / `\\fbox{...}` / `\\framebox{...}` (nested and escaped braces allowed)
+    or `\\boxed x`.
 
     None when there is no such command or the last one is unclosed (a truncated response has no answer).
     """
@@ -23,6 +38,8 @@ def last_boxed(text: str) -> str | None:
     j = i
     while j < len(text) and text[j] == " ":
         j += 1
+    while command == "\\framebox" and text.startswith("[", j) and "]" in text[j:]:  # [width][position]
+        j = text.index("]", j) + 1
     if j < len(text) and text[j] == "{":
         depth = 0
         k = j
@@ -45,9 +62,23 @@ def last_boxed(text: str) -> str | None:
     return match.group(0) if match else None
 
 
+def join_digit_groups(text: str) -> str:
+    """LaTeX and typographic thousands separators removed: "70{,}000" and "1\\,234" -> "70000", "1234"."""
+    return _DIGIT_GROUP_SEPARATOR.sub("", text)
+
+
+def is_no_answer(content: str) -> bool:
+    """Whether a box's content says nothing: empty, a placeholder or an "I do not know"-style refusal."""
+    text = content.replace("$", "")
+    while (unwrapped := _TEXT_WRAPPER.sub(r"\1", text)) != text:
+        text = unwrapped
+    text = text.strip().rstrip(".!").strip().lower()
+    return _PLACEHOLDER.fullmatch(text) is not None or _REFUSAL.fullmatch(text) is not None
+
+
 def last_number(text: str) -> str | None:
-    """The last number in `text`, thousands separators removed ("$1,200." -> "1200")."""
-    numbers = _NUMBER.findall(text)
+    """The last number in `text`, thousands separators removed ("$1,200." -> "1200", "70{,}000" -> "70000")."""
+    numbers = _NUMBER.findall(join_digit_groups(text))
     return numbers[-1].replace(",", "") if numbers else None
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 Verifier = Callable[..., float | Mapping[str, Any]]
+GroundTruthCheck = Callable[[str], str | None]  # what is wrong with a ground truth, None when it is usable
 
 _VERIFIERS: dict[str, Verifier] = {}
+_GROUND_TRUTH_CHECKS: dict[str, GroundTruthCheck] = {}
 _EXACT: dict[str, str] = {}  # lower-cased name or alias -> verifier name
 _GLOBS: list[tuple[str, str]] = []  # (lower-cased glob alias, verifier name), in registration order
 
@@ -30,13 +32,21 @@ class VerifierError(ValueError):
     """An unknown data source or an invalid verifier function / option in the reward config."""
 
 
-def register_verifier(name: str, *aliases: str) -> Callable[[Verifier], Verifier]:
-    """Decorator: register `fn` under `name` and `aliases` (aliases may be globs such as "aime*")."""
+def register_verifier(
+    name: str, *aliases: str, check_ground_truth: GroundTruthCheck | None = None
+) -> Callable[[Verifier], Verifier]:
+    """Decorator: register `fn` under `name` and `aliases` (aliases may be globs such as "aime*").
+
+    `check_ground_truth(text)` says what is wrong with a ground truth this verifier cannot score (e.g. not a
+    number), or None; data files are checked with it when they are loaded.
+    """
 
     def decorator(fn: Verifier) -> Verifier:
         if name in _VERIFIERS and _VERIFIERS[name] is not fn:
             raise VerifierError(f"a verifier named '{name}' is already registered")
         _VERIFIERS[name] = fn
+        if check_ground_truth is not None:
+            _GROUND_TRUTH_CHECKS[name] = check_ground_truth
         for key in (name, *aliases):
             if any(c in key for c in "*?["):
                 _GLOBS.append((key.lower(), name))
@@ -60,6 +70,16 @@ def verifier_name(data_source: str) -> str:
         f"no verifier for data_source '{data_source}'; known sources: {', '.join(known)}. "
         "Register one with sfpo_rl.rewards.register_verifier or set reward.custom_function"
     )
+
+
+def ground_truth_problem(data_source: str, ground_truth: str) -> str | None:
+    """What makes `ground_truth` unusable for the verifier of `data_source` (None when it can be scored);
+    VerifierError when no verifier handles `data_source`."""
+    name = verifier_name(data_source)
+    if not ground_truth.strip():
+        return "is empty"
+    check = _GROUND_TRUTH_CHECKS.get(name)
+    return check(ground_truth) if check is not None else None
 
 
 def get_verifier(data_source: str) -> Verifier:

@@ -2,8 +2,11 @@
 
 Each returns {"score": float, "acc": bool}. `format_score` is the reward for a response that gives a final
 answer in the expected form but a wrong one: the paper's shaping is 1.0 correct / 0.1 boxed-but-wrong /
-0.0 no boxed answer (`format_score=0.0` gives plain 0/1). math-verify's own signal-based time limits are
-switched off here; the caller bounds each call (see `sfpo_rl.rewards.timeout`).
+0.0 no boxed answer (`format_score=0.0` gives plain 0/1). A box that holds no answer (empty, `?`, "I do not
+know", see `sfpo_rl.rewards.answer.is_no_answer`) counts as no boxed answer. A missing or empty ground truth
+is an error (the sample scores 0 and is counted), never something an answer can match. math-verify's own
+signal-based time limits are switched off here; the caller bounds each call (see `sfpo_rl.rewards.timeout`),
+and `sfpo_rl.rewards.math_answer` keeps answers that would need that bound away from the parser.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from sfpo_rl.rewards.answer import as_fraction, last_boxed, last_number
+from sfpo_rl.rewards.answer import as_fraction, is_no_answer, last_boxed, last_number
+from sfpo_rl.rewards.math_answer import (
+    MAX_CHARS,
+    MAX_DEPTH,
+    has_equation,
+    normalize,
+    too_complex,
+    too_large,
+    unnamed_equation,
+)
 from sfpo_rl.rewards.registry import register_verifier
 
 
@@ -46,11 +58,44 @@ def _parse_boxed(content: str) -> list:
     return parse("\\boxed{" + content + "}", extraction_config=_boxed_first_config(), parsing_timeout=None)
 
 
+def _parse_within_limits(answer: str, max_chars: int, max_depth: int) -> list:
+    """math-verify's reading of a normalized answer; [] (compare as text) when it is too long, nested too
+    deep or holds a number too large to compare exactly."""
+    if too_complex(answer, max_chars, max_depth):
+        return []
+    parsed = _parse_boxed(answer)
+    return [] if any(too_large(p) for p in parsed) else parsed
+
+
 @lru_cache(maxsize=8192)
-def _parse_gold(ground_truth: str) -> tuple:
+def _parse_gold(gold: str, max_chars: int, max_depth: int) -> tuple:
     """Parsed ground truth, cached: the n samples of one prompt share it (sympy objects are immutable)."""
-    gold = last_boxed(ground_truth) or ground_truth
-    return tuple(_parse_boxed(gold))
+    return tuple(_parse_within_limits(gold, max_chars, max_depth))
+
+
+def reference_text(ground_truth: Any) -> str:
+    """The ground truth as text; None or blank is an error: nothing must be able to match a missing answer."""
+    if ground_truth is None or not str(ground_truth).strip():
+        raise ValueError(f"no ground truth to compare with (got {ground_truth!r})")
+    return str(ground_truth).strip()
+
+
+def _same_answer(gold: tuple, pred: list) -> bool:
+    from math_verify import verify
+
+    if any(unnamed_equation(p) for p in pred) and not any(has_equation(g) for g in gold):
+        return False  # "5x + 4 = 0" is an equation, not the value 0 (math-verify would keep its right side)
+    return verify(list(gold), pred, timeout_seconds=None)
+
+
+def _gold_answer(reference: str) -> str:
+    """A reference written as a solution ("... \\boxed{7}") stands for its boxed answer."""
+    boxed = last_boxed(reference)
+    return reference if boxed is None else boxed
+
+
+def _math_gold_problem(ground_truth: str) -> str | None:
+    return "holds no answer" if is_no_answer(_gold_answer(ground_truth)) else None
 
 
 @register_verifier(
@@ -64,8 +109,14 @@ def _parse_gold(ground_truth: str) -> tuple:
     "aime*",
     "dapo*",
     "amc*",
+    "minerva*",
+    "olympiad*",
     "*aime*",
+    "*amc*",
     "*math*",
+    "*minerva*",
+    "*olympiad*",
+    check_ground_truth=_math_gold_problem,
 )
 def math_score(
     solution_str: str,
@@ -74,19 +125,25 @@ def math_score(
     *,
     format_score: float = 0.1,
     correct_score: float = 1.0,
+    max_answer_chars: int = MAX_CHARS,
+    max_answer_depth: int = MAX_DEPTH,
 ) -> dict[str, Any]:
     """Last \\boxed{} answer checked against the ground truth with math-verify (numbers, fractions, LaTeX
-    expressions, sets, intervals are compared by value)."""
-    from math_verify import verify
-
+    expressions, sets, intervals are compared by value). Answers longer than `max_answer_chars`, nested deeper
+    than `max_answer_depth` brackets or holding huge numbers are compared as text instead (fast; right only
+    when written like the ground truth)."""
+    reference = reference_text(ground_truth)
     answer = last_boxed(solution_str)
-    if answer is None:
+    if answer is None or is_no_answer(answer):
         return _result(False, False, correct_score, format_score)
-    gold = list(_parse_gold(str(ground_truth)))
-    pred = _parse_boxed(answer)
-    correct = bool(gold and pred) and verify(gold, pred, timeout_seconds=None)
-    if not gold:  # a ground truth math-verify cannot read: fall back to comparing the text
-        correct = _squash(answer) == _squash(last_boxed(str(ground_truth)) or str(ground_truth))
+    answer = normalize(answer)
+    gold_text = normalize(_gold_answer(reference))
+    gold = _parse_gold(gold_text, max_answer_chars, max_answer_depth)
+    pred = _parse_within_limits(answer, max_answer_chars, max_answer_depth)
+    if gold and pred:
+        correct = _same_answer(gold, pred)
+    else:  # one side cannot be read (or is kept from the parser): compare the text
+        correct = _squash(answer) == _squash(gold_text)
     return _result(correct, True, correct_score, format_score)
 
 
@@ -104,7 +161,13 @@ def gsm8k_answer(solution_str: str) -> str | None:
     return last_number(solution_str)
 
 
-@register_verifier("gsm8k", "openai/gsm8k", "*gsm8k*")
+def _gsm8k_gold_problem(ground_truth: str) -> str | None:
+    if as_fraction(gsm8k_answer(ground_truth) or ground_truth) is None:
+        return "is not a number (nor a solution ending in '#### <number>')"
+    return None
+
+
+@register_verifier("gsm8k", "openai/gsm8k", "*gsm8k*", check_ground_truth=_gsm8k_gold_problem)
 def gsm8k_score(
     solution_str: str,
     ground_truth: str,
@@ -113,14 +176,20 @@ def gsm8k_score(
     format_score: float = 0.0,
     correct_score: float = 1.0,
 ) -> dict[str, Any]:
-    """Exact numeric comparison of the final answer (commas, "$" and trailing zeros do not matter)."""
+    """Exact numeric comparison of the final answer (commas, LaTeX thousands separators such as 70{,}000 and
+    1\\,234, "$" and trailing zeros do not matter)."""
+    reference = reference_text(ground_truth)
     answer = gsm8k_answer(solution_str)
-    expected = as_fraction(gsm8k_answer(str(ground_truth)) or str(ground_truth))
+    expected = as_fraction(gsm8k_answer(reference) or reference)
     value = as_fraction(answer) if answer is not None else None
     return _result(value is not None and value == expected, answer is not None, correct_score, format_score)
 
 
-@register_verifier("arith")
+def _arith_gold_problem(ground_truth: str) -> str | None:
+    return None if re.fullmatch(r"-?\d+", ground_truth.strip()) else "is not an integer"
+
+
+@register_verifier("arith", check_ground_truth=_arith_gold_problem)
 def arith_score(
     solution_str: str,
     ground_truth: str,
@@ -130,8 +199,8 @@ def arith_score(
     correct_score: float = 1.0,
 ) -> dict[str, Any]:
     """The built-in task: the last \\boxed{} must hold exactly the integer answer."""
+    expected = int(reference_text(ground_truth))
     answer = last_boxed(solution_str)
-    correct = (
-        answer is not None and re.fullmatch(r"-?\d+", answer) is not None and int(answer) == int(ground_truth)
-    )
-    return _result(correct, answer is not None, correct_score, format_score)
+    answered = answer is not None and not is_no_answer(answer)
+    correct = answered and re.fullmatch(r"-?\d+", answer) is not None and int(answer) == expected
+    return _result(correct, answered, correct_score, format_score)

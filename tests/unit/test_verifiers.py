@@ -13,6 +13,7 @@ from sfpo_rl.rewards import (
     VerifierError,
     arith_score,
     get_verifier,
+    ground_truth_problem,
     gsm8k_score,
     last_boxed,
     last_number,
@@ -38,6 +39,8 @@ from sfpo_rl.rewards.timeout import ERROR, OK, TIMEOUT, score_with_timeout
         ("no answer here", None),
         ("\\boxed{12", None),  # truncated response: no answer
         ("\\boxedfoo{3}", None),
+        ("\\framebox{5} is it", "5"),
+        ("\\boxed{4} no: \\framebox[2cm][c]{6}", "6"),
     ],
 )
 def test_last_boxed(text, expected):
@@ -50,6 +53,9 @@ def test_last_boxed(text, expected):
         ("He pays $1,200.", "1200"),
         ("-3 and 4.5", "4.5"),
         ("total: 12,345,678 units", "12345678"),
+        ("\\boxed{70{,}000}", "70000"),  # LaTeX thousands separators
+        ("so 1\\,234 in all", "1234"),
+        ("it is 1,\\!234 or 2\u2009500", "2500"),
         ("none", None),
     ],
 )
@@ -121,6 +127,156 @@ def test_math_shaping_through_reward_config():
     assert [o.acc for o in outcomes] == [True, False, False]
 
 
+@pytest.mark.parametrize(
+    ("answer", "ground_truth"),
+    [
+        ("5x - 7y + 11z + 4 = 0", "0"),  # any expression "= 0" matched 0 (math-verify keeps the right side)
+        ("7 = 0", "0"),
+        ("1 = 2", "2"),
+        ("2x = 10", "10"),  # the left side is not a name: x is 5, not 10
+        ("x = 7 = 0", "0"),  # a chain through a false equation
+        ("5 = 5", "5"),
+        ("\\{2x = 5, 3y = 7\\}", "\\{5, 7\\}"),  # inside a set as well
+    ],
+)
+def test_math_equations_are_not_read_as_their_right_side(answer, ground_truth):
+    assert math_score(f"\\boxed{{{answer}}}", ground_truth) == {"score": 0.1, "acc": False}
+
+
+@pytest.mark.parametrize(
+    ("answer", "ground_truth"),
+    [
+        ("x = 5", "5"),
+        ("x_1 = 3", "3"),
+        ("\\theta = 30^\\circ", "30"),
+        ("f(x) = 2x + 1", "2x+1"),
+        ("AB = 5", "5"),  # a segment: letters side by side
+        ("x = y = 5", "5"),
+        ("a = 5, b = 3", "5, 3"),
+        ("2x + 3 = y", "y = 2x + 3"),  # the ground truth is an equation: equations are compared
+    ],
+)
+def test_math_accepts_an_equation_that_names_the_answer(answer, ground_truth):
+    assert math_score(f"\\boxed{{{answer}}}", ground_truth) == {"score": 1.0, "acc": True}
+
+
+@pytest.mark.parametrize(
+    ("answer", "ground_truth"),
+    [
+        ("70{,}000", "70000"),
+        ("1\\,234", "1234"),
+        ("104.", "104"),  # a sentence's full stop inside the box
+        ("\\textbf{(073)}", "73"),  # AIME style
+        ("\\text{ 12 }", "12"),
+        ("90°", "90"),
+        ("90^\\circ.", "90"),
+        ("70 sqrt(2)", "70\\sqrt{2}"),
+        ("70 \\sqrt(2)", "70\\sqrt{2}"),
+        ("sqrt(x+1)/2", "\\frac{\\sqrt{x+1}}{2}"),
+        ("70√2", "70\\sqrt{2}"),
+        ("2 pi", "2\\pi"),
+        ("−3", "-3"),
+    ],
+)
+def test_math_reads_common_ways_of_writing_an_answer(answer, ground_truth):
+    assert math_score(f"so \\boxed{{{answer}}}", ground_truth) == {"score": 1.0, "acc": True}
+    assert math_score(f"\\framebox{{{answer}}}", ground_truth)["acc"]
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        "",
+        "  ",
+        "?",
+        "??",
+        "...",
+        "\\ldots",
+        "\\text{I do not know}",
+        "I don't know.",
+        "\\text{Unknown}",
+        "N/A",
+    ],
+)
+@pytest.mark.parametrize("verifier", [math_score, arith_score])
+def test_a_box_without_an_answer_earns_nothing(box, verifier):
+    assert verifier(f"I tried. \\boxed{{{box}}}", "3") == {"score": 0.0, "acc": False}
+
+
+def test_a_wrong_word_answer_still_earns_the_format_score():
+    assert math_score("\\boxed{\\text{none}}", "3") == {"score": 0.1, "acc": False}
+    assert math_score("\\boxed{\\text{none}}", "\\text{none}") == {"score": 1.0, "acc": True}
+
+
+NESTED_FRAC = "1"
+for _ in range(20):
+    NESTED_FRAC = f"\\frac{{{NESTED_FRAC}}}{{2}}"
+PATHOLOGICAL = {
+    "14 nested braces": "{" * 14 + "1" + "}" * 14,  # 8 s in math-verify's parser
+    "frac 20 deep": NESTED_FRAC,
+    "parentheses 12 deep": "(" * 12 + "1" + ")" * 12,
+    "600 characters": "+".join(["x"] * 300),
+}
+HUGE = ["10^{10^{10}}", "9^{9^{9}}", "2^{2^{30}}", "1000000!", "(10^{10})!", "10^{100000}"]
+
+
+@pytest.mark.parametrize("answer", list(PATHOLOGICAL.values()), ids=list(PATHOLOGICAL))
+def test_answers_too_long_or_deep_for_the_parser_are_compared_as_text(monkeypatch, answer):
+    from sfpo_rl.rewards import verifiers
+
+    def parse_refused(content):
+        raise AssertionError(f"the parser was given {content[:40]!r}")
+
+    assert math_score("\\boxed{1}", "\\frac12") == {"score": 0.1, "acc": False}  # the gold is parsed first
+    monkeypatch.setattr(verifiers, "_parse_boxed", parse_refused)
+    assert math_score(f"\\boxed{{{answer}}}", "\\frac12") == {"score": 0.1, "acc": False}
+    # Written exactly like the ground truth, it is still right.
+    assert math_score(f"\\boxed{{{answer}}}", answer)["acc"]
+
+
+@pytest.mark.parametrize("answer", HUGE)
+def test_numbers_too_large_to_compare_are_never_computed(monkeypatch, answer):
+    import math_verify
+
+    def verify_refused(gold, pred, **kwargs):
+        raise AssertionError(f"verify was given {pred}")
+
+    monkeypatch.setattr(math_verify, "verify", verify_refused)
+    assert math_score(f"\\boxed{{{answer}}}", "5") == {"score": 0.1, "acc": False}
+    assert math_score(f"\\boxed{{{answer}}}", answer)["acc"]
+
+
+def test_ordinary_powers_and_factorials_are_still_compared_by_value():
+    assert math_score("\\boxed{2^{10}}", "1024")["acc"]
+    assert math_score("\\boxed{1234567^{2}}", "1524155677489")["acc"]
+    assert math_score("\\boxed{10!}", "3628800")["acc"]
+    assert math_score("\\boxed{\\sqrt{2}^{2}}", "2")["acc"]
+
+
+def test_a_pathological_sample_does_not_hold_a_verifier_for_the_whole_limit():
+    answers = [PATHOLOGICAL["14 nested braces"], "4", HUGE[1], "1/2"]
+    outcomes = score_responses(
+        [f"\\boxed{{{a}}}" for a in answers],
+        ["4", "4", "4", "0.5"],
+        ["math"] * 4,
+        config={"timeout_s": 5.0, "num_processes": 1},
+    )
+    assert [o.status for o in outcomes] == [OK] * 4  # before the caps: a timeout, then a killed child
+    assert [o.score for o in outcomes] == [0.1, 1.0, 0.1, 1.0]
+
+
+@pytest.mark.parametrize("verifier", [math_score, gsm8k_score, arith_score])
+@pytest.mark.parametrize("ground_truth", [None, "", "  "])
+def test_a_missing_ground_truth_is_an_error_not_a_match(verifier, ground_truth):
+    with pytest.raises(ValueError, match="no ground truth"):
+        verifier("\\boxed{None}", ground_truth)
+    outcomes = score_responses(
+        ["\\boxed{None}", "\\boxed{}"], [ground_truth] * 2, ["math"] * 2, config={"timeout_mode": "signal"}
+    )
+    assert [(o.score, o.acc, o.status) for o in outcomes] == [(0.0, False, ERROR)] * 2
+    assert "no ground truth" in outcomes[0].detail
+
+
 # --- gsm8k and arith ---------------------------------------------------------------------------------------
 
 
@@ -138,6 +294,9 @@ def test_math_shaping_through_reward_config():
         ("no number at all", "3", False),
         # A GSM8K ground truth with its worked solution: its '####' answer is what counts.
         ("#### 72", "48/2 = <<48/2=24>>24 clips.\n#### 72", True),
+        ("So she earns \\boxed{70{,}000} dollars.", "70000", True),  # read as 000 before
+        ("In all 1\\,234 apples.", "1234", True),
+        ("#### 1,\\!234", "1234", True),
     ],
 )
 def test_gsm8k(response, ground_truth, correct):
@@ -172,6 +331,47 @@ def test_registry_by_data_source():
     assert get_verifier("gsm8k") is gsm8k_score
     with pytest.raises(VerifierError, match="no verifier for data_source 'poetry'.*custom_function"):
         verifier_name("poetry")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "HuggingFaceH4/MATH-500",
+        "math500",
+        "aime24",
+        "AI-MO/aimo-validation-aime",
+        "amc23",
+        "AI-MO/aimo-validation-amc",
+        "minerva",
+        "minerva_math",
+        "math-ai/minervamath",
+        "olympiadbench",
+        "OlympiadBench",
+        "olympiad_bench",
+        "Hothan/OlympiadBench",
+    ],
+)
+def test_the_papers_validation_sets_go_to_the_math_verifier(source):
+    assert verifier_name(source) == "math"
+
+
+@pytest.mark.parametrize(
+    ("source", "ground_truth", "problem"),
+    [
+        ("math", "\\frac{1}{2}", None),
+        ("math", "  ", "is empty"),
+        ("math", "?", "holds no answer"),
+        ("math", "\\boxed{}", "holds no answer"),
+        ("gsm8k", "1,234", None),
+        ("gsm8k", "It is 5.\n#### 5", None),
+        ("gsm8k", "five", "is not a number"),
+        ("arith", "-12", None),
+        ("arith", "12.5", "is not an integer"),
+    ],
+)
+def test_ground_truths_are_checked_by_the_verifier_that_will_read_them(source, ground_truth, problem):
+    found = ground_truth_problem(source, ground_truth)
+    assert found == problem if problem is None else found.startswith(problem)
 
 
 # --- time limits and failures ------------------------------------------------------------------------------
