@@ -2,7 +2,10 @@
 
 A record has `prompt` (text, or a list of chat messages {role, content}), `ground_truth` (text; numbers are
 converted), `data_source` (selects the verifier) and optional `extra_info` (a mapping). verl-style files that
-keep the answer in `reward_model.ground_truth` are accepted too.
+keep the answer in `reward_model.ground_truth` are accepted too. Every row is checked when the files are
+loaded, so a run stops before any worker starts, naming the file, row and field: the ground truth must not be
+empty and, unless `reward.custom_function` scores every sample, the data source must have a verifier and
+the ground truth must be one that verifier can read (a number for gsm8k, an integer for arith).
 
 Prompts are tokenized here, once: each item carries `raw_prompt` (the formatted text) and `prompt_token_ids`
 (unpadded ids, no special tokens added beyond the template's own), which the rollout uses as they are, so the
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sfpo_rl.data.io import DataError, read_rows
+from sfpo_rl.rewards import VerifierError, ground_truth_problem, verifier_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +38,9 @@ class PromptRecord:
     where: str = ""  # "file, line N": for messages about this record
 
 
-def parse_record(row: dict[str, Any], where: str) -> PromptRecord:
-    """Validate one row; `where` ("file, line N") prefixes every error."""
+def parse_record(row: dict[str, Any], where: str, reward_function: str | None = None) -> PromptRecord:
+    """Validate one row; `where` ("file, line N") prefixes every error. With `reward_function` (the
+    reward.custom_function that will score it) any data source is accepted."""
     prompt = _field(row, "prompt", where)
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -58,20 +63,38 @@ def parse_record(row: dict[str, Any], where: str) -> PromptRecord:
 
     # verl-style rows keep it in reward_model; a parquet file mixing both styles has nulls in either column.
     if row.get("ground_truth") is None and isinstance(row.get("reward_model"), dict):
+        gt_field = "reward_model.ground_truth"
         ground_truth = _field(row["reward_model"], "ground_truth", where, prefix="reward_model.")
     else:
+        gt_field = "ground_truth"
         ground_truth = _field(row, "ground_truth", where)
     if isinstance(ground_truth, bool) or not isinstance(ground_truth, str | int | float):
-        raise DataError(f"{where}: field 'ground_truth' must be a string or number, got {ground_truth!r}")
+        raise DataError(f"{where}: field '{gt_field}' must be a string or number, got {ground_truth!r}")
+    if not str(ground_truth).strip():
+        raise DataError(f"{where}: field '{gt_field}' is empty; every row needs the answer to check against")
 
     data_source = _field(row, "data_source", where)
     if not isinstance(data_source, str) or not data_source.strip():
         raise DataError(f"{where}: field 'data_source' must be a non-empty string, got {data_source!r}")
+    if reward_function is None:
+        _check_verifiable(str(ground_truth), data_source, gt_field, where)
 
     extra_info = row.get("extra_info")
     if extra_info is not None and not isinstance(extra_info, dict):
         raise DataError(f"{where}: field 'extra_info' must be a mapping or null, got {extra_info!r}")
     return PromptRecord(prompt, str(ground_truth), data_source, dict(extra_info or {}), where)
+
+
+def _check_verifiable(ground_truth: str, data_source: str, gt_field: str, where: str) -> None:
+    try:
+        problem = ground_truth_problem(data_source, ground_truth)
+    except VerifierError as exc:
+        raise DataError(f"{where}: field 'data_source': {exc}") from None
+    if problem is not None:
+        raise DataError(
+            f"{where}: field '{gt_field}' {problem}, so the {verifier_name(data_source)} verifier that "
+            f"data_source '{data_source}' selects cannot score against it: {ground_truth[:80]!r}"
+        )
 
 
 def _field(row: dict[str, Any], name: str, where: str, prefix: str = "") -> Any:
@@ -80,7 +103,9 @@ def _field(row: dict[str, Any], name: str, where: str, prefix: str = "") -> Any:
     return row[name]
 
 
-def load_records(files: str | Path | Sequence[str | Path]) -> list[PromptRecord]:
+def load_records(
+    files: str | Path | Sequence[str | Path], reward_function: str | None = None
+) -> list[PromptRecord]:
     paths = [files] if isinstance(files, str | Path) else list(files)
     if not paths:
         raise DataError("no data files given")
@@ -89,7 +114,7 @@ def load_records(files: str | Path | Sequence[str | Path]) -> list[PromptRecord]
         rows = read_rows(path)
         if not rows:
             raise DataError(f"{path}: contains no records")
-        records.extend(parse_record(row, f"{path}, {where}") for where, row in rows)
+        records.extend(parse_record(row, f"{path}, {where}", reward_function) for where, row in rows)
     return records
 
 
@@ -111,7 +136,7 @@ def format_prompt(prompt: str | list[dict[str, str]], tokenizer: Any, template: 
 class PromptDataset:
     """Formatted, tokenized prompts; over-long prompts are filtered (counted), left-truncated (counted), or an
     error. Option names in messages are the trainer's: `rollout.max_prompt_length`, `data.overlong_prompts`,
-    `data.prompt_template`."""
+    `data.prompt_template`. `reward_function` is reward.custom_function (then any data source is accepted)."""
 
     def __init__(
         self,
@@ -121,6 +146,7 @@ class PromptDataset:
         max_prompt_length: int = 512,
         overlong: str = "filter",
         prompt_template: str | None = None,
+        reward_function: str | None = None,
     ):
         if overlong not in OVERLONG_MODES:
             raise ValueError(
@@ -137,7 +163,7 @@ class PromptDataset:
         ):
             raise ValueError(f"rollout.max_prompt_length must be an integer >= 1, got {max_prompt_length!r}")
         self.files = [str(files)] if isinstance(files, str | Path) else [str(f) for f in files]
-        records = load_records(files)
+        records = load_records(files, reward_function)
         texts = [format_prompt(r.prompt, tokenizer, prompt_template) for r in records]
         token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
 

@@ -100,6 +100,7 @@ def build_data(
         max_prompt_length=parts.rollout.max_prompt_length,
         overlong=cfg.data.overlong_prompts,
         prompt_template=cfg.data.prompt_template,
+        reward_function=parts.reward.custom_function,  # scores any data_source; else each needs a verifier
     )
     train = PromptDataset(train_files, tokenizer, **options)
     val = PromptDataset(val_files, tokenizer, **options)

@@ -44,11 +44,20 @@ def inputs(tmp_path_factory, tiny_model_dir):
         "small_vocab": small_vocab,
         "empty_prompt": write_rows(root / "empty_prompt.jsonl", [ROW, {**ROW, "prompt": "  "}]),
         "no_records": write_rows(root / "no_records.jsonl", []),
+        "unknown_source": write_rows(root / "unknown_source.jsonl", [ROW, {**ROW, "data_source": "poetry"}]),
+        "empty_answer": write_rows(root / "empty_answer.jsonl", [ROW, ROW, {**ROW, "ground_truth": ""}]),
     }
 
 
-def job(tmp_path: Path, inputs: dict, *overrides: str, model: Path | None = None, train: Path | None = None):
-    """A composed job config on the given model and train file (the good ones by default)."""
+def job(
+    tmp_path: Path,
+    inputs: dict,
+    *overrides: str,
+    model: Path | None = None,
+    train: Path | None = None,
+    val: Path | None = None,
+):
+    """A composed job config on the given model, train and validation file (the good ones by default)."""
     base = [
         f"trainer.run_dir={tmp_path / 'run'}",
         "trainer.experiment_name=bad_input",
@@ -56,7 +65,7 @@ def job(tmp_path: Path, inputs: dict, *overrides: str, model: Path | None = None
         f"model.path={model or inputs['model']}",
         "data=files",
         f"data.train_files=[{train or inputs['good']}]",
-        f"data.val_files=[{inputs['good']}]",
+        f"data.val_files=[{val or inputs['good']}]",
     ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=[*base, *overrides])
@@ -86,6 +95,18 @@ CASES = {
         (),
         DataError,
         "{empty_prompt}, line 2: field 'prompt' is empty",
+    ),
+    "data source without a verifier": (
+        dict(train="unknown_source"),
+        (),
+        DataError,
+        "{unknown_source}, line 2: field 'data_source': no verifier for data_source 'poetry'",
+    ),
+    "empty ground truth in the validation file": (
+        dict(val="empty_answer"),
+        (),
+        DataError,
+        "{empty_answer}, line 3: field 'ground_truth' is empty",
     ),
     "data file without records": (
         dict(train="no_records"),

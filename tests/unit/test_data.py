@@ -136,7 +136,7 @@ def test_chat_messages_with_and_without_a_chat_template(tmp_path, tokenizer, cha
             "field 'data_source' must be a non-empty",
         ),
         (
-            ['{"prompt": "a", "ground_truth": "1", "data_source": "x", "extra_info": [1]}'],
+            ['{"prompt": "a", "ground_truth": "1", "data_source": "arith", "extra_info": [1]}'],
             "line 1: field 'extra_info' must be a mapping",
         ),
         ([""], "contains no records"),
@@ -146,6 +146,44 @@ def test_bad_jsonl_names_file_line_and_field(tmp_path, tokenizer, lines, message
     path = write_lines(tmp_path / "bad.jsonl", lines)
     with pytest.raises(DataError, match=f"bad.jsonl.*{message}"):
         PromptDataset(path, tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            record(1, data_source="poetry"),
+            "line 2: field 'data_source': no verifier for data_source 'poetry'",
+        ),
+        (record(1, ground_truth="  "), "line 2: field 'ground_truth' is empty"),
+        (
+            {"prompt": "a", "reward_model": {"ground_truth": ""}, "data_source": "math"},
+            "line 2: field 'reward_model.ground_truth' is empty",
+        ),
+        (record(1, ground_truth="?", data_source="math500"), "line 2: field 'ground_truth' holds no answer"),
+        (
+            record(1, ground_truth="five", data_source="openai/gsm8k"),
+            "line 2: field 'ground_truth' is not a number .*the gsm8k verifier",
+        ),
+        (record(1, ground_truth="4.5"), "line 2: field 'ground_truth' is not an integer"),
+    ],
+)
+def test_rows_a_verifier_cannot_score_are_refused_at_load(tmp_path, tokenizer, row, message):
+    """Before: an unknown source failed a scoring batch mid-run, an empty ground truth matched \\boxed{}."""
+    path = write_records([record(0), row], tmp_path / "rows.jsonl")
+    with pytest.raises(DataError, match=f"rows.jsonl, {message}"):
+        PromptDataset(path, tokenizer)
+
+
+def test_a_custom_reward_function_accepts_any_data_source(tmp_path, tokenizer):
+    rows = [record(0, data_source="poetry"), record(1, data_source="olympiadbench", ground_truth="\\frac12")]
+    path = write_records(rows, tmp_path / "rows.jsonl")
+    assert len(PromptDataset(path, tokenizer, reward_function="my_rewards.py:score")) == 2
+    with pytest.raises(DataError, match="line 1: field 'data_source': no verifier for data_source 'poetry'"):
+        PromptDataset(path, tokenizer)
+    empty = write_records([record(0, data_source="poetry", ground_truth="")], tmp_path / "empty.jsonl")
+    with pytest.raises(DataError, match="line 1: field 'ground_truth' is empty"):
+        PromptDataset(empty, tokenizer, reward_function="my_rewards.py:score")
 
 
 def test_bad_parquet_and_other_files(tmp_path, tokenizer):
