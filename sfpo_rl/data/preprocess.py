@@ -3,7 +3,9 @@
 Each output record has `prompt` (one user chat message: the problem and an instruction to box the final
 answer), `ground_truth`, `data_source` (which selects the verifier) and `extra_info` (split, index and what the
 source has besides: level, subject, id, reference solution). Nothing is fetched; the input formats accepted
-are the public ones listed in recipes/preprocess/README.md. Run as `python -m sfpo_rl.data.preprocess` or
+are the public ones listed in recipes/preprocess/README.md. A file of another shape is refused, naming the
+fields expected and found, rather than converted by guessing (an AIME converter given MATH rows would write
+worked solutions as ground truths). Run as `python -m sfpo_rl.data.preprocess` or
 `python recipes/preprocess/convert.py`.
 """
 
@@ -14,6 +16,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -133,21 +136,70 @@ def problem_and_answer_row(row: dict[str, Any], where: str) -> dict[str, Any]:
     return {"prompt": user_prompt(problem, BOXED_INSTRUCTION), "ground_truth": answer, "extra_info": extra}
 
 
+def aime_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """An AIME problem: its answer is an integer from 0 to 999 (written "073" or 73.0 in some copies)."""
+    converted = problem_and_answer_row(row, where)
+    answer = converted["ground_truth"]
+    try:
+        value = Decimal(answer)
+    except InvalidOperation:
+        value = None
+    if value is None or value != value.to_integral_value() or not 0 <= value <= 999:
+        shown = answer if len(answer) <= 60 else answer[:57] + "..."
+        raise DataError(
+            f"{where}: the answer field holds {shown!r}, not an AIME answer (an integer from 0 to 999); "
+            f"fields found: {', '.join(map(str, row))}. Is this a file of another dataset?"
+        )
+    converted["ground_truth"] = str(int(value))
+    return converted
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     convert_row: Callable[[dict[str, Any], str], dict[str, Any]]
     data_source: str  # the default; every one of them is routed to a registered verifier
     split: str
     dedupe: bool  # DAPO-Math-17K repeats each problem many times
+    # The file's columns: each entry is a set of alternatives one of which must be present (any
+    # capitalisation), e.g. (("problem", "question"), ("answer",)); `shapes` lists the accepted layouts.
+    shapes: tuple[tuple[tuple[str, ...], ...], ...]
+    foreign: tuple[str, ...] = ()  # columns that mark another dataset's file (MATH's level / type / subject)
 
+
+VERL_SHAPE = (("prompt",), ("reward_model",))
+PROBLEM_ANSWER_SHAPE = (("problem", "question"), ("answer",))
+MATH_MARKS = ("level", "type", "subject", "unique_id")
 
 DATASETS = {
-    "gsm8k": DatasetSpec(gsm8k_row, "openai/gsm8k", "train", False),
-    "math": DatasetSpec(math_row, "lighteval/MATH", "train", False),
-    "math500": DatasetSpec(math_row, "HuggingFaceH4/MATH-500", "test", False),
-    "dapo_math": DatasetSpec(problem_and_answer_row, "math_dapo", "train", True),
-    "aime": DatasetSpec(problem_and_answer_row, "aime", "test", True),
+    "gsm8k": DatasetSpec(
+        gsm8k_row, "openai/gsm8k", "train", False, ((("question",), ("answer",)),), ("problem", "solution")
+    ),
+    "math": DatasetSpec(math_row, "lighteval/MATH", "train", False, ((("problem",), ("solution",)),)),
+    "math500": DatasetSpec(
+        math_row, "HuggingFaceH4/MATH-500", "test", False, ((("problem",), ("solution",), ("answer",)),)
+    ),
+    "dapo_math": DatasetSpec(
+        problem_and_answer_row, "math_dapo", "train", True, (VERL_SHAPE, PROBLEM_ANSWER_SHAPE), MATH_MARKS
+    ),
+    "aime": DatasetSpec(aime_row, "aime", "test", True, (PROBLEM_ANSWER_SHAPE, VERL_SHAPE), MATH_MARKS),
 }
+
+
+def check_shape(dataset: str, spec: DatasetSpec, source: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """Refuse a file whose columns are not one of the dataset's layouts, naming what was expected and found."""
+    found = sorted({str(key) for _, row in rows for key in row})
+    columns = {name.lower() for name in found}
+    fits = any(all(columns & set(alternatives) for alternatives in shape) for shape in spec.shapes)
+    marks = [name for name in spec.foreign if name in columns]
+    if fits and not marks:
+        return
+    expected = " or ".join(
+        ", ".join("/".join(alternatives) for alternatives in shape) for shape in spec.shapes
+    )
+    why = f"; the fields {', '.join(marks)} belong to another dataset" if marks else ""
+    raise DataError(
+        f"{source}: not in the {dataset} format: expected the fields {expected}; found {', '.join(found)}{why}"
+    )
 
 
 def input_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -189,7 +241,9 @@ def convert(
     seen: set[str] = set()
     duplicates = 0
     for path in inputs:
-        for where, row in input_rows(path):
+        rows = input_rows(path)
+        check_shape(dataset, spec, str(path), rows)
+        for where, row in rows:
             try:
                 converted = spec.convert_row(row, where)
             except SkipRow as why:

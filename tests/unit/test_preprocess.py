@@ -160,6 +160,49 @@ def test_aime_accepts_either_capitalisation(tmp_path):
     assert get_verifier("aime_2024")("$\\boxed{204}$", "204")["acc"]
 
 
+def test_aime_answers_are_integers_as_written_in_any_copy(tmp_path):
+    rows = [
+        {"problem": "p1", "answer": "073"},
+        {"problem": "p2", "answer": 204.0},
+        {"problem": "p3", "answer": 0},
+    ]
+    result = convert("aime", [write_records(rows, tmp_path / "aime.jsonl")])
+    assert [r["ground_truth"] for r in result.records] == ["73", "204", "0"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "rows", "message"),
+    [
+        # MATH rows given to the AIME converter (before: accepted when they had an answer-like column).
+        ("aime", MATH500, "not in the aime format: .*the fields level, subject, unique_id belong to another"),
+        ("aime", list(MATH_FILES.values()), "not in the aime format: .*found level, problem, solution, type"),
+        # Problem / answer rows whose answer is a worked solution (before: written as the ground truth).
+        (
+            "aime",
+            [{"problem": "Find it.", "answer": "We have $x = 3$, so the answer is $\\boxed{3}$."}],
+            "line 1: the answer field holds 'We have .*', not an AIME answer \\(an integer from 0 to 999\\); "
+            "fields found: problem, answer",
+        ),
+        ("aime", [{"question": GSM8K[0]["question"], "answer": GSM8K[0]["answer"]}], "not an AIME answer"),
+        ("aime", [{"problem": "p", "answer": "1000"}], "holds '1000', not an AIME answer"),
+        (
+            "gsm8k",
+            MATH500,
+            "not in the gsm8k format: expected the fields question, answer; found answer, level",
+        ),
+        (
+            "math500",
+            [{"problem": "p", "solution": "s"}],
+            "expected the fields problem, solution, answer",
+        ),
+        ("dapo_math", MATH500, "not in the dapo_math format: .*the fields level, subject, unique_id"),
+    ],
+)
+def test_a_file_of_another_shape_is_refused_not_guessed(tmp_path, dataset, rows, message):
+    with pytest.raises(DataError, match=message):
+        convert(dataset, [write_records(rows, tmp_path / "input.jsonl")])
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_command_line_writes_loadable_files(tmp_path, suffix, capsys):
     source = write_records(GSM8K, tmp_path / "test.jsonl")
@@ -191,13 +234,22 @@ def test_recipe_script_runs(tmp_path):
 def test_bad_inputs_fail_clearly(tmp_path, capsys):
     wrong = write_records([{"question": "q", "solution": "s"}], tmp_path / "wrong.jsonl")
     with pytest.raises(
-        DataError, match="wrong.jsonl, line 1: missing field 'answer' \\(fields present: question"
+        DataError,
+        match="wrong.jsonl: not in the gsm8k format: expected the fields question, answer; found question, "
+        "solution; the fields solution belong to another dataset",
     ):
         convert("gsm8k", [wrong])
-    with pytest.raises(DataError, match="wrong.jsonl, line 1: missing field 'problem'"):
+    with pytest.raises(
+        DataError, match="wrong.jsonl: not in the math format: expected the fields problem, solution"
+    ):
         convert("math", [wrong])
-    with pytest.raises(DataError, match="missing field 'problem' or 'question'"):
+    with pytest.raises(
+        DataError, match="expected the fields problem/question, answer or prompt, reward_model; found answer$"
+    ):
         convert("aime", [write_records([{"answer": 3}], tmp_path / "a.jsonl")])
+    one_lacks = write_records([GSM8K[0], {"question": "q"}], tmp_path / "one_lacks.jsonl")
+    with pytest.raises(DataError, match="one_lacks.jsonl, line 2: missing field 'answer'"):
+        convert("gsm8k", [one_lacks])
     bad_prompt = write_records(
         [{"prompt": "text", "reward_model": {"ground_truth": "1"}}], tmp_path / "d.jsonl"
     )
