@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
-from sfpo_rl.utils.options import is_int, is_number, options_from_any
+from sfpo_rl.utils.options import is_int, is_number, options_from_any, require
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -91,22 +91,21 @@ class SFPOConfig:
     two_sided: bool = False  # |z| >= threshold (the paper's text) instead of z >= threshold (its code)
 
     def __post_init__(self) -> None:
-        def need(ok: bool, option: str, expected: str) -> None:
-            if not ok:
-                value = getattr(self, option)
-                raise ValueError(f"algorithm.sfpo.{option} must be {expected}, got {value!r}")
-
         for name in ("enable", "adaptive_switch", "two_sided"):
-            need(isinstance(getattr(self, name), bool), name, "true or false")
-        need(is_int(self.inner_steps) and self.inner_steps >= 1, "inner_steps", "an integer >= 1")
-        need(is_number(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "a number in [0, 1]")
-        need(
-            self.stop_step is None or (is_int(self.stop_step) and self.stop_step >= 0),
-            "stop_step",
+            value = getattr(self, name)
+            require(isinstance(value, bool), f"algorithm.sfpo.{name}", "true or false", value)
+        k, alpha, stop, window = self.inner_steps, self.alpha, self.stop_step, self.entropy_window
+        require(is_int(k) and k >= 1, "algorithm.sfpo.inner_steps", "an integer >= 1", k)
+        require(is_number(alpha) and 0.0 <= alpha <= 1.0, "algorithm.sfpo.alpha", "a number in [0, 1]", alpha)
+        require(
+            stop is None or (is_int(stop) and stop >= 0),
+            "algorithm.sfpo.stop_step",
             "null or an integer >= 0",
+            stop,
         )
-        need(is_int(self.entropy_window) and self.entropy_window >= 2, "entropy_window", "an integer >= 2")
-        need(is_number(self.entropy_threshold), "entropy_threshold", "a number")
+        require(is_int(window) and window >= 2, "algorithm.sfpo.entropy_window", "an integer >= 2", window)
+        threshold = self.entropy_threshold
+        require(is_number(threshold), "algorithm.sfpo.entropy_threshold", "a number", threshold)
 
     @classmethod
     def from_any(cls, config: Any) -> SFPOConfig:

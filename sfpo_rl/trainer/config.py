@@ -1,8 +1,12 @@
-"""The run's configuration: one structured schema (registered with Hydra's ConfigStore, so a misspelt or
-mistyped override is rejected by name) and cross-section checks that turn a composed config into typed parts.
+"""The run's configuration: one tree of dataclasses, `RunConfig`.
 
-Sections reuse the option classes of the parts they configure (`actor` -> ActorConfig, `rollout` ->
-RolloutConfig, `reward` -> RewardConfig, `algorithm.sfpo` -> SFPOConfig), which validate their own values.
+It is both Hydra's schema (registered with the ConfigStore, so a misspelt or mistyped override is rejected by
+name) and the typed object the trainer and the worker groups receive: `to_run_config(cfg)` turns a composed
+config into it with `OmegaConf.to_object`. Every section checks its own values in `__post_init__`; the rules
+that tie sections together live in `RunConfig.__post_init__`. Errors are ConfigError naming the option.
+
+The defaults live here, in the dataclasses; the YAML files under configs/ hold only what a config group or an
+experiment changes. Nothing here imports Ray or vLLM.
 """
 
 from __future__ import annotations
@@ -12,33 +16,47 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from sfpo_rl.algorithms.advantages import advantage_estimators, needs_groups
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.sfpo import SFPOConfig
 from sfpo_rl.rewards.scoring import RewardConfig
 from sfpo_rl.trainer.tracking import KNOWN_LOGGERS
-from sfpo_rl.utils.options import ConfigError
+from sfpo_rl.utils.options import ConfigError, is_int, is_number, require
 from sfpo_rl.workers.actor_config import ActorConfig
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
+__all__ = ["ConfigError", "RunConfig", "register_schema", "to_run_config"]
+
 WORKER_KILL = re.compile(r"(\d+):(actor|rollout|reward|ref):(\d+)")  # trainer.inject_worker_kill entries
+# Options a config group leaves for the user to fill in (`???` in its YAML), with how to give them.
+REQUIRED = {
+    "model.path": "model=hf needs model.path=/path/to/hf_model_dir",
+    "data.train_files": "data=files needs data.train_files=[...] and data.val_files=[...]",
+    "data.val_files": "data=files needs data.train_files=[...] and data.val_files=[...]",
+}
 
 
 @dataclass
 class ModelConfig:
-    # HF model dir (model=hf); null (model=tiny): the built-in tiny model, warm-started once and cached.
+    # A Hugging Face causal LM directory (model=hf); null (model=tiny): the built-in tiny model, warm-started
+    # once and cached. Required: the model group chooses.
     path: str | None = MISSING
     cache_dir: str = "${oc.env:SFPO_RL_CACHE,${oc.env:HOME}/.cache/sfpo_rl}"
-    warmstart: dict[str, Any] = field(
-        default_factory=dict
-    )  # built-in model and task: WarmStartConfig options
+    warmstart: dict[str, Any] = field(default_factory=dict)  # the built-in model's WarmStartConfig options
+
+    def __post_init__(self) -> None:
+        require(
+            self.path is None or isinstance(self.path, str), "model.path", "a directory or null", self.path
+        )
 
 
 @dataclass
 class DataConfig:
-    # jsonl / parquet (data=files); null (data=arith): the built-in arithmetic task.
+    # jsonl / parquet files (data=files); both null (data=arith): the built-in arithmetic task. Required: the data
+    # group chooses.
     train_files: list[str] | None = MISSING
     val_files: list[str] | None = MISSING
     train_batch_size: int = 16  # prompts per step (each sampled rollout.n times)
@@ -47,6 +65,25 @@ class DataConfig:
     seed: int = 0
     prompt_template: str | None = None  # "{prompt}" format string when the tokenizer has no chat template
     overlong_prompts: str = "filter"  # "filter" | "truncate" prompts longer than rollout.max_prompt_length
+
+    def __post_init__(self) -> None:
+        b = self.train_batch_size
+        require(is_int(b) and b >= 1, "data.train_batch_size", "an integer >= 1", b)
+        cap = self.val_max_samples
+        require(
+            cap is None or (is_int(cap) and cap >= 1), "data.val_max_samples", "null or an integer >= 1", cap
+        )
+        require(
+            self.overlong_prompts in ("filter", "truncate"),
+            "data.overlong_prompts",
+            "filter or truncate",
+            self.overlong_prompts,
+        )
+        require(
+            (self.train_files is None) == (self.val_files is None),
+            "data.val_files",
+            "set together with data.train_files (or both null for the built-in task)",
+        )
 
 
 @dataclass
@@ -58,6 +95,24 @@ class AlgorithmConfig:
     kl_penalty: str = "low_var_kl"
     sfpo: SFPOConfig = field(default_factory=SFPOConfig)
 
+    def __post_init__(self) -> None:
+        estimators = advantage_estimators()
+        require(
+            self.adv_estimator in estimators,
+            "algorithm.adv_estimator",
+            f"one of {', '.join(estimators)}",
+            self.adv_estimator,
+        )
+        require(
+            self.kl_penalty in KL_ESTIMATORS,
+            "algorithm.kl_penalty",
+            f"one of {', '.join(KL_ESTIMATORS)}",
+            self.kl_penalty,
+        )
+        require(
+            is_number(self.kl_coef) and self.kl_coef >= 0, "algorithm.kl_coef", "a number >= 0", self.kl_coef
+        )
+
 
 @dataclass
 class ResourcesConfig:
@@ -67,6 +122,11 @@ class ResourcesConfig:
     rollout_workers_per_node: int = 1  # vLLM engines per node (rollout.tensor_parallel_size GPUs each)
     reward_workers: int = 1  # CPU-only verifier processes, anywhere in the cluster
 
+    def __post_init__(self) -> None:
+        for name in ("actor_ranks_per_node", "rollout_workers_per_node", "reward_workers"):
+            value = getattr(self, name)
+            require(is_int(value) and value >= 1, f"resources.{name}", "an integer >= 1", value)
+
 
 @dataclass
 class RayConfig:
@@ -75,6 +135,13 @@ class RayConfig:
     namespace: str | None = None
     # Added to every worker's environment. vLLM logs a harmless warning on each in-place weight reload.
     env_vars: dict[str, str] = field(default_factory=lambda: {"VLLM_LOGGING_LEVEL": "ERROR"})
+
+    def __post_init__(self) -> None:
+        n = self.num_cpus
+        require(n is None or (is_int(n) and n >= 1), "ray.num_cpus", "null or an integer >= 1", n)
+        require(
+            n is None or self.address is None, "ray.num_cpus", "null when joining a cluster (ray.address)", n
+        )
 
 
 @dataclass
@@ -86,14 +153,19 @@ class TrainerConfig:
     save_every: int = 10  # 0: never (the last step is always saved when > 0)
     val_before_train: bool = True
     project_name: str = "sfpo_rl"
-    experiment_name: str = "tiny_arith_sfpo"
+    experiment_name: str = "run"  # configs/config.yaml names it after the chosen experiment and algorithm
     run_dir: str = "outputs/${trainer.experiment_name}"
-    resume: str = "auto"  # auto: from the newest valid checkpoint in run_dir; never; or a checkpoint path
+    # auto: continue the run in run_dir from its newest valid checkpoint (a finished run is reported and left
+    # alone); never: start over in run_dir, replacing its metrics and checkpoints; or a checkpoint path.
+    resume: str = "auto"
     keep_last: int = 2
     verify_checksums: bool = True
     logger: list[str] = field(default_factory=lambda: ["console", "tensorboard"])  # JSONL is always written
     seed: int = 0
     export_hf: bool = True  # write the final policy as an HF model to run_dir/final_model
+    # Show third-party output (Ray, vLLM, model-loading progress) on the console; otherwise it goes only to
+    # run_dir/train.log.
+    verbose: bool = False
     # Stop the run after this many steps in a row whose update met a non-finite loss or gradient (each such
     # update is skipped: no NaN reaches the weights).
     max_consecutive_nonfinite: int = 5
@@ -106,6 +178,25 @@ class TrainerConfig:
     # Testing only: SIGKILL one worker process at the start of a step, "<step>:<role>:<rank>" (role: actor,
     # rollout, reward or ref), e.g. ["4:reward:0"], to exercise the crash handling and resume end to end.
     inject_worker_kill: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("nnodes", "total_steps", "keep_last", "max_consecutive_nonfinite"):
+            value = getattr(self, name)
+            require(is_int(value) and value >= 1, f"trainer.{name}", "an integer >= 1", value)
+        for name in ("n_gpus_per_node", "val_every", "save_every", "max_worker_restarts"):
+            value = getattr(self, name)
+            require(is_int(value) and value >= 0, f"trainer.{name}", "an integer >= 0", value)
+        timeout = self.worker_timeout_s
+        require(
+            is_number(timeout) and timeout >= 0,
+            "trainer.worker_timeout_s",
+            "a number of seconds >= 0 (0: no limit)",
+        )
+        unknown = sorted(set(self.logger) - set(KNOWN_LOGGERS))
+        require(
+            not unknown, "trainer.logger", f"a list drawn from {', '.join(KNOWN_LOGGERS)} (got {unknown})"
+        )
+        require(bool(self.resume), "trainer.resume", "auto, never or a checkpoint directory", self.resume)
 
 
 @dataclass
@@ -120,123 +211,93 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
+    @property
+    def uses_ref(self) -> bool:
+        """A KL term needs a frozen reference policy, placed like the actor."""
+        return self.actor.use_kl_loss or self.algorithm.use_kl_in_reward
+
+    @property
+    def actor_world_size(self) -> int:
+        return self.trainer.nnodes * self.resources.actor_ranks_per_node
+
+    def __post_init__(self) -> None:
+        """The rules between sections."""
+        algo, rollout, actor, res, trainer = (
+            self.algorithm,
+            self.rollout,
+            self.actor,
+            self.resources,
+            self.trainer,
+        )
+        require(
+            rollout.n >= 2 or not needs_groups(algo.adv_estimator),
+            "rollout.n",
+            f">= 2 with algorithm.adv_estimator={algo.adv_estimator} (it compares the samples of each prompt); "
+            "use more samples or reinforce_plus_plus",
+        )
+        require(
+            not (algo.use_kl_in_reward and actor.use_kl_loss),
+            "algorithm.use_kl_in_reward",
+            "false when actor.use_kl_loss is true (choose one place for the KL term)",
+        )
+        gpus = res.actor_ranks_per_node * (2 if self.uses_ref else 1)
+        gpus += res.rollout_workers_per_node * rollout.tensor_parallel_size
+        require(
+            trainer.n_gpus_per_node == 0 or gpus <= trainer.n_gpus_per_node,
+            "resources.actor_ranks_per_node",
+            f"such that actor (+ reference) ranks + rollout GPUs per node ({gpus}) fit in trainer.n_gpus_per_node="
+            f"{trainer.n_gpus_per_node} (actor and rollout use separate GPUs)",
+        )
+        ranks = {
+            "actor": self.actor_world_size,
+            "rollout": trainer.nnodes * res.rollout_workers_per_node,
+            "reward": res.reward_workers,
+            "ref": self.actor_world_size if self.uses_ref else 0,
+        }
+        kills = {str(k): WORKER_KILL.fullmatch(str(k)) for k in trainer.inject_worker_kill}
+        bad_kills = [k for k, m in kills.items() if not (m and int(m[3]) < ranks[m[2]])]
+        require(
+            not bad_kills,
+            "trainer.inject_worker_kill",
+            f'a list of "<step>:<role>:<rank>" naming a worker this run has (ranks: {ranks}), e.g. ["4:reward:0"]; '
+            f"got {bad_kills}",
+        )
+        # One update must split into whole, equal mini-batches on every FSDP rank.
+        world, mini = self.actor_world_size, actor.ppo_mini_batch_size
+        rows = self.data.train_batch_size * rollout.n
+        require(
+            mini % world == 0,
+            "actor.ppo_mini_batch_size",
+            f"a multiple of the {world} actor ranks (trainer.nnodes x resources.actor_ranks_per_node), got {mini}",
+        )
+        require(
+            rows % mini == 0,
+            "actor.ppo_mini_batch_size",
+            f"a divisor of the {rows} rollouts per step (data.train_batch_size={self.data.train_batch_size} x "
+            f"rollout.n={rollout.n}), got {mini}",
+        )
+
 
 def register_schema() -> None:
     ConfigStore.instance().store(name="sfpo_rl_schema", node=RunConfig)
 
 
-@dataclass
-class Validated:
-    """The parts' own option objects, built from a composed config."""
-
-    actor: ActorConfig
-    rollout: RolloutConfig
-    reward: RewardConfig
-    sfpo: SFPOConfig
-    uses_ref: bool  # a KL term needs a frozen reference policy, placed like the actor
-
-
-def validate(cfg: DictConfig) -> Validated:
-    """Check every section and the constraints between them; raises ConfigError naming the option."""
-    for section, key, hint in (
-        ("model", "path", "model=hf needs model.path=/path/to/hf_model_dir"),
-        ("data", "train_files", "data=files needs data.train_files=[...] and data.val_files=[...]"),
-        ("data", "val_files", "data=files needs data.train_files=[...] and data.val_files=[...]"),
-    ):
-        if OmegaConf.is_missing(cfg[section], key):
-            raise ConfigError(f"{section}.{key} must be set ({hint})")
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """The typed, validated run configuration of a composed config (or of a plain one, e.g. read back from a
+    run's config.yaml); ConfigError naming the option otherwise."""
+    for key, hint in REQUIRED.items():
+        section, option = key.split(".")
+        if section in cfg and OmegaConf.is_missing(cfg[section], option):
+            raise ConfigError(f"{key} must be set ({hint})")
+    if "hydra" in cfg:  # composed with return_hydra_config=True: the hydra node is not part of the run
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
     try:
-        actor = ActorConfig.from_any(_section(cfg, "actor"))
-        parts = Validated(
-            actor=actor,
-            rollout=RolloutConfig.from_any(_section(cfg, "rollout")),
-            reward=RewardConfig.from_any(_section(cfg, "reward")),
-            sfpo=SFPOConfig.from_any(_section(cfg, "algorithm.sfpo")),
-            uses_ref=actor.use_kl_loss or bool(cfg.algorithm.use_kl_in_reward),
-        )
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from exc
-    data, algo, res, trainer = cfg.data, cfg.algorithm, cfg.resources, cfg.trainer
-
-    _need(data.train_batch_size >= 1, "data.train_batch_size", "an integer >= 1")
-    _need(data.overlong_prompts in ("filter", "truncate"), "data.overlong_prompts", "filter or truncate")
-    _need(
-        (data.train_files is None) == (data.val_files is None),
-        "data.val_files",
-        "set together with data.train_files (or both null for the built-in task)",
-    )
-    _need(
-        algo.adv_estimator in advantage_estimators(),
-        "algorithm.adv_estimator",
-        f"one of {', '.join(advantage_estimators())}",
-    )
-    _need(
-        parts.rollout.n >= 2 or not needs_groups(algo.adv_estimator),
-        "rollout.n",
-        f">= 2 with algorithm.adv_estimator={algo.adv_estimator} (it compares the samples of each prompt); "
-        "use more samples or reinforce_plus_plus",
-    )
-    _need(algo.kl_penalty in KL_ESTIMATORS, "algorithm.kl_penalty", f"one of {', '.join(KL_ESTIMATORS)}")
-    for name in ("actor_ranks_per_node", "rollout_workers_per_node", "reward_workers"):
-        _need(getattr(res, name) >= 1, f"resources.{name}", "an integer >= 1")
-    _need(trainer.n_gpus_per_node >= 0, "trainer.n_gpus_per_node", "an integer >= 0")
-    gpus = res.actor_ranks_per_node * (2 if parts.uses_ref else 1)
-    gpus += res.rollout_workers_per_node * parts.rollout.tensor_parallel_size
-    _need(
-        trainer.n_gpus_per_node == 0 or gpus <= trainer.n_gpus_per_node,
-        "resources.actor_ranks_per_node",
-        f"such that actor (+ reference) ranks + rollout GPUs per node ({gpus}) fit in trainer.n_gpus_per_node="
-        f"{trainer.n_gpus_per_node} (actor and rollout use separate GPUs)",
-    )
-    for name in ("nnodes", "total_steps", "keep_last", "max_consecutive_nonfinite"):
-        _need(getattr(trainer, name) >= 1, f"trainer.{name}", "an integer >= 1")
-    for name in ("val_every", "save_every", "max_worker_restarts"):
-        _need(getattr(trainer, name) >= 0, f"trainer.{name}", "an integer >= 0")
-    _need(trainer.worker_timeout_s >= 0, "trainer.worker_timeout_s", "a number of seconds >= 0 (0: no limit)")
-    ranks = {
-        "actor": trainer.nnodes * res.actor_ranks_per_node,
-        "rollout": trainer.nnodes * res.rollout_workers_per_node,
-        "reward": res.reward_workers,
-        "ref": trainer.nnodes * res.actor_ranks_per_node if parts.uses_ref else 0,
-    }
-    kills = {str(k): WORKER_KILL.fullmatch(str(k)) for k in trainer.inject_worker_kill}
-    bad_kills = [k for k, m in kills.items() if not (m and int(m[3]) < ranks[m[2]])]
-    _need(
-        not bad_kills,
-        "trainer.inject_worker_kill",
-        f'a list of "<step>:<role>:<rank>" naming a worker this run has (ranks: {ranks}), e.g. ["4:reward:0"]; '
-        f"got {bad_kills}",
-    )
-    unknown = sorted(set(trainer.logger) - set(KNOWN_LOGGERS))
-    _need(not unknown, "trainer.logger", f"a list drawn from {', '.join(KNOWN_LOGGERS)} (got {unknown})")
-
-    # One update must split into whole, equal mini-batches on every FSDP rank.
-    world = trainer.nnodes * res.actor_ranks_per_node
-    rows = data.train_batch_size * parts.rollout.n
-    mini = parts.actor.ppo_mini_batch_size
-    _need(
-        mini % world == 0,
-        "actor.ppo_mini_batch_size",
-        f"a multiple of the {world} actor ranks (trainer.nnodes x resources.actor_ranks_per_node), got {mini}",
-    )
-    _need(
-        rows % mini == 0,
-        "actor.ppo_mini_batch_size",
-        f"a divisor of the {rows} rollouts per step (data.train_batch_size={data.train_batch_size} x "
-        f"rollout.n={parts.rollout.n}), got {mini}",
-    )
-    _need(
-        not (algo.use_kl_in_reward and parts.actor.use_kl_loss),
-        "algorithm.use_kl_in_reward",
-        "false when actor.use_kl_loss is true (choose one place for the KL term)",
-    )
-    return parts
-
-
-def _section(cfg: DictConfig, key: str) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
-
-
-def _need(ok: bool, option: str, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{option} must be {expected}")
+        return OmegaConf.to_object(OmegaConf.merge(RunConfig, cfg))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OmegaConfBaseException) as exc:  # e.g. reward's VerifierError, a bad key
+        message = str(exc).split("\n")[0]
+        key = getattr(exc, "full_key", None)  # OmegaConf's errors name the option apart from the message
+        raise ConfigError(f"{key}: {message}" if key else message) from exc

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sfpo_rl.data.io import DataError
 from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
-from sfpo_rl.trainer.config import ConfigError, Validated, register_schema, validate
+from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
 from sfpo_rl.trainer.learning_curve import plot_learning_curve
+from sfpo_rl.trainer.run_dir import SUMMARY, RunFinished, clear_earlier_run, start_point
+from sfpo_rl.workers.rollout_config import RolloutConfig
 
-CONFIG_DIR = os.environ.get("SFPO_RL_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "configs")
+# The Hydra configs ship inside the package (sfpo_rl/configs is the repository's configs/ directory).
+CONFIG_DIR = os.environ.get("SFPO_RL_CONFIG_DIR") or str(files("sfpo_rl") / "configs")
 logger = logging.getLogger("sfpo_rl")
 
 EXIT_BAD_INPUT = 2
@@ -41,29 +45,44 @@ class RunStopped(RuntimeError):
     """The run stopped on a fault; the message says what failed and how to continue."""
 
 
-def resolve_model_and_data(cfg: DictConfig) -> tuple[str, list[str], list[str]]:
+def resolve_model_and_data(config: RunConfig) -> tuple[str, list[str], list[str]]:
     """The policy's HF directory and the train / val files; the built-in task is warm-started on first use."""
-    data = cfg.data
-    if cfg.model.path is not None and data.train_files is not None:
-        return cfg.model.path, list(data.train_files), list(data.val_files)
-    from sfpo_rl.tiny.warmstart import ensure_warmstart
+    model, data = config.model, config.data
+    if model.path is not None and data.train_files is not None:
+        return model.path, data.train_files, data.val_files
+    from sfpo_rl.tiny.warmstart import WarmStartConfig, ensure_warmstart
 
-    start = time.perf_counter()
-    print(f"[sfpo_rl] preparing the built-in tiny model and task in {cfg.model.cache_dir} ...", flush=True)
     # The SFT must see exactly the prompt text the policy will get.
-    warm = ensure_warmstart(
-        cfg.model.cache_dir, {**cfg.model.warmstart, "prompt_template": data.prompt_template}
-    )
+    warm_config = WarmStartConfig.from_any({**model.warmstart, "prompt_template": data.prompt_template})
+    if model.path is None:  # the built-in model's context is known before it is built
+        check_context(
+            warm_config.max_position_embeddings, "the built-in model (model.warmstart)", config.rollout
+        )
+    start = time.perf_counter()
+    print(f"[sfpo_rl] preparing the built-in tiny model and task in {model.cache_dir} ...", flush=True)
+    warm = ensure_warmstart(model.cache_dir, warm_config)
     print(f"[sfpo_rl] warm-start model ready: {warm} ({time.perf_counter() - start:.0f} s)", flush=True)
-    model_path = cfg.model.path or str(warm)
+    model_path = model.path or str(warm)
     if data.train_files is not None:
-        return model_path, list(data.train_files), list(data.val_files)
+        return model_path, data.train_files, data.val_files
     return model_path, [str(warm / "train.jsonl")], [str(warm / "val.jsonl")]
 
 
-def load_tokenizer(model_path: str) -> Any:
+def check_context(max_positions: int | None, model: str, rollout: RolloutConfig) -> None:
+    """A prompt plus its response must fit the model's context (vLLM would refuse the engine otherwise)."""
+    needed = rollout.max_prompt_length + rollout.max_response_length
+    if max_positions is not None and needed > max_positions:
+        raise ConfigError(
+            f"rollout.max_prompt_length + rollout.max_response_length = {rollout.max_prompt_length} + "
+            f"{rollout.max_response_length} = {needed} tokens, more than the {max_positions} positions of {model} "
+            "(max_position_embeddings); shorten them or use a model with a longer context"
+        )
+
+
+def load_tokenizer(model_path: str, rollout: RolloutConfig) -> Any:
     """The policy's tokenizer, after checking that model.path is an HF model directory whose vocabulary covers
-    every token id the tokenizer can produce (ConfigError naming model.path otherwise)."""
+    every token id the tokenizer can produce and whose context holds a prompt plus its response (ConfigError
+    naming the options otherwise)."""
     from transformers import AutoConfig, AutoTokenizer
 
     path = Path(model_path)
@@ -79,38 +98,39 @@ def load_tokenizer(model_path: str) -> Any:
         raise ConfigError(
             f"model.path={model_path}: cannot load the model config or tokenizer ({reason})"
         ) from None
-    vocab_size = model_config.get_text_config().vocab_size
+    text_config = model_config.get_text_config()
+    vocab_size = text_config.vocab_size
     if len(tokenizer) > vocab_size:
         raise ConfigError(
             f"model.path={model_path}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
             f"{vocab_size} (config.json): token ids past it have no embedding; the tokenizer must belong to the model"
         )
+    check_context(getattr(text_config, "max_position_embeddings", None), f"model.path={model_path}", rollout)
     return tokenizer
 
 
-def build_data(
-    cfg: DictConfig, parts: Validated, tokenizer: Any, train_files: list[str], val_files: list[str]
-):
+def build_data(config: RunConfig, tokenizer: Any, train_files: list[str], val_files: list[str]):
     from sfpo_rl.data.dataset import PromptDataset
     from sfpo_rl.data.loader import PromptLoader
     from sfpo_rl.protocol import Batch
     from sfpo_rl.trainer.ray_trainer import sampling_seeds
 
+    data = config.data
     options = dict(
-        max_prompt_length=parts.rollout.max_prompt_length,
-        overlong=cfg.data.overlong_prompts,
-        prompt_template=cfg.data.prompt_template,
-        reward_function=parts.reward.custom_function,  # scores any data_source; else each needs a verifier
+        max_prompt_length=config.rollout.max_prompt_length,
+        overlong=data.overlong_prompts,
+        prompt_template=data.prompt_template,
+        reward_function=config.reward.custom_function,  # scores any data_source; else each needs a verifier
     )
     train = PromptDataset(train_files, tokenizer, **options)
     val = PromptDataset(val_files, tokenizer, **options)
-    loader = PromptLoader(train, cfg.data.train_batch_size, seed=cfg.data.seed, shuffle=cfg.data.shuffle)
-    n_val = len(val) if cfg.data.val_max_samples is None else min(len(val), cfg.data.val_max_samples)
+    loader = PromptLoader(train, data.train_batch_size, seed=data.seed, shuffle=data.shuffle)
+    n_val = len(val) if data.val_max_samples is None else min(len(val), data.val_max_samples)
     items = [val[i] for i in range(n_val)]
     val_batch = Batch.from_dict({key: [item[key] for item in items] for key in items[0]})
     val_batch["uid"] = [f"val-{i}" for i in range(n_val)]
     # The same seeds at every validation: differences between validations come from the policy alone.
-    val_batch["sampling_seed"] = sampling_seeds(n_val, parts.rollout.val_n)
+    val_batch["sampling_seed"] = sampling_seeds(n_val, config.rollout.val_n)
     print(
         f"[sfpo_rl] data: {len(train)} train prompts ({train.num_filtered} over-long filtered), "
         f"{n_val} validation prompts",
@@ -121,29 +141,51 @@ def build_data(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the run summary (also written to run_dir/summary.json)."""
-    from sfpo_rl.controller import WorkerError, init_ray
-    from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainingHalted, resume_point
-    from sfpo_rl.trainer.workers import build_worker_groups
-
-    parts = validate(cfg)
-    run_dir = Path(cfg.trainer.run_dir)
+    config = to_run_config(cfg)
+    run_dir = Path(config.trainer.run_dir)
+    try:
+        resume_from = start_point(config.trainer)
+    except RunFinished as finished:
+        print(f"[sfpo_rl] {finished}", flush=True)
+        print_summary(finished.summary)
+        return finished.summary
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / FAILURE_REPORT).unlink(missing_ok=True)  # a report describes the latest attempt only
-    resume_from = resume_point(cfg)
-    model_path, train_files, val_files = resolve_model_and_data(cfg)
-    loader, val_batch = build_data(cfg, parts, load_tokenizer(model_path), train_files, val_files)
+    model_path, train_files, val_files = resolve_model_and_data(config)
+    tokenizer = load_tokenizer(model_path, config.rollout)
+    loader, val_batch = build_data(config, tokenizer, train_files, val_files)
+    if resume_from is None:
+        clear_earlier_run(run_dir)
+    summary = train(config, model_path, loader, val_batch, resume_from)
+    curve_png = plot_learning_curve(run_dir, title=run_dir.name)
+    if curve_png is not None:
+        summary["learning_curve"] = str(curve_png)
+    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary)
+    return summary
 
+
+def train(
+    config: RunConfig, model_path: str, loader: Any, val_batch: Any, resume_from: tuple[Path, dict] | None
+) -> dict[str, Any]:
+    """Start Ray and the worker groups, train, export; the groups are shut down however it ends."""
+    from sfpo_rl.controller import WorkerError, init_ray
+    from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainingHalted
+    from sfpo_rl.trainer.workers import build_worker_groups
+
+    run_dir = Path(config.trainer.run_dir)
+    ray_cfg = config.ray
     init_ray(
-        address=cfg.ray.address,
-        num_cpus=cfg.ray.num_cpus,
-        namespace=cfg.ray.namespace,
-        env_vars=dict(cfg.ray.env_vars),
+        address=ray_cfg.address,
+        num_cpus=ray_cfg.num_cpus,
+        namespace=ray_cfg.namespace,
+        env_vars=ray_cfg.env_vars,
     )
     start = time.perf_counter()
     groups = None
     try:
-        groups = build_worker_groups(cfg, parts, model_path)
+        groups = build_worker_groups(config, model_path)
         groups.write_pids(run_dir)
         print(
             f"[sfpo_rl] worker groups ready in {time.perf_counter() - start:.0f} s "
@@ -151,28 +193,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"reward {groups.reward.world_size}); run dir {run_dir}",
             flush=True,
         )
-        trainer = RLTrainer(cfg, parts, groups, loader, val_batch, resume_from)
-        summary = trainer.fit()
-        if cfg.trainer.export_hf:
+        summary = RLTrainer(config, groups, loader, val_batch, resume_from).fit()
+        if config.trainer.export_hf:
             groups.actor.export_hf(str(run_dir / "final_model"))
             summary["final_model"] = str(run_dir / "final_model")
     except (WorkerError, TrainingHalted) as exc:
-        raise RunStopped(stop_report(cfg, exc)) from None
+        raise RunStopped(stop_report(run_dir, exc)) from None
     finally:
         if groups is not None:
             groups.shutdown()
-    curve_png = plot_learning_curve(run_dir, title=run_dir.name)
-    if curve_png is not None:
-        summary["learning_curve"] = str(curve_png)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print_summary(summary)
     return summary
 
 
-def stop_report(cfg: DictConfig, exc: Exception) -> str:
+def stop_report(run_dir: Path, exc: Exception) -> str:
     """What stopped the run (the failing worker's role and rank first) and where it can continue from. The
     whole text, worker traceback included, is written to run_dir/failure.txt; the returned message omits it."""
-    run_dir = Path(cfg.trainer.run_dir)
     notes = getattr(exc, "__notes__", [])
     full = "\n".join([str(exc), *notes])
     (run_dir / FAILURE_REPORT).write_text(full + "\n")
@@ -200,9 +235,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"[sfpo_rl] done: {summary['steps']} steps, {summary['rollouts']} rollouts, "
         f"{summary['train_seconds']:.0f} s of training",
         f"[sfpo_rl] validation accuracy: {acc('val_acc_first')} before -> {acc('val_acc_last')} after "
-        f"(best {acc('val_acc_best')})",
+        f"(best {acc('val_acc_best')})"
+        if summary["val_history"]
+        else "[sfpo_rl] validation: off (trainer.val_every=0 and trainer.val_before_train=false)",
         f"[sfpo_rl] SFPO switched off after step {switched}" if switched is not None else "",
-        f"[sfpo_rl] run dir {run_dir}: metrics {run_dir / 'metrics.jsonl'}, summary {run_dir / 'summary.json'}",
+        f"[sfpo_rl] run dir {run_dir}: metrics {run_dir / 'metrics.jsonl'}, summary {run_dir / SUMMARY}",
         f"[sfpo_rl] exported model: {summary['final_model']}" if "final_model" in summary else "",
         f"[sfpo_rl] learning curve: {summary['learning_curve']}" if "learning_curve" in summary else "",
     ]

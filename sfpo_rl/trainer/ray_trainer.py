@@ -20,10 +20,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-from omegaconf import OmegaConf
 
 from sfpo_rl.algorithms.advantages import compute_advantage
 from sfpo_rl.algorithms.kl import kl_penalty
@@ -32,7 +31,7 @@ from sfpo_rl.controller import WorkerError
 from sfpo_rl.data.loader import PromptLoader
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.checkpoint import CheckpointManager
-from sfpo_rl.trainer.config import Validated
+from sfpo_rl.trainer.config import RunConfig
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
 from sfpo_rl.trainer.workers import RESTARTABLE_ROLES, WorkerGroups
@@ -46,46 +45,63 @@ class TrainingHalted(RuntimeError):
     """The run cannot usefully go on (e.g. too many non-finite updates in a row); the message says why."""
 
 
+@dataclass
+class TrainerState:
+    """The driver's own progress: the one description of what every checkpoint saves (in trainer_state.json,
+    beside the SFPO controller's and the data loader's states) and a resumed run restores."""
+
+    step: int = 0
+    rollouts_done: int = 0
+    train_seconds: float = 0.0
+    val_history: list[tuple[int, float]] = field(default_factory=list)  # (step, val/acc)
+    nonfinite_total: int = 0  # steps whose update met a non-finite loss or gradient
+    nonfinite_in_a_row: int = 0
+
+    def __post_init__(self) -> None:
+        self.val_history = [(int(step), float(acc)) for step, acc in self.val_history]  # JSON gives lists
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> TrainerState:
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
+
+
 class RLTrainer:
     def __init__(
         self,
-        cfg: Any,
-        parts: Validated,
+        config: RunConfig,
         groups: WorkerGroups,
         train_loader: PromptLoader,
         val_batch: Batch,
         resume_from: tuple[Path, dict[str, Any]] | None = None,
     ):
-        """`resume_from`: a verified checkpoint and its trainer state (see `resume_point`) to continue from."""
-        self.cfg = cfg
+        """`resume_from`: a verified checkpoint and its trainer state (see `start_point`) to continue from."""
+        self.config = config
         self.resume_from = resume_from
-        self.parts = parts
         self.groups = groups
         self.train_loader = train_loader
         self.val_batch = val_batch
-        self.run_dir = Path(cfg.trainer.run_dir)
-        self.sfpo = SFPOController(parts.sfpo)
+        self.run_dir = Path(config.trainer.run_dir)
+        self.sfpo = SFPOController(config.algorithm.sfpo)
         self.checkpoints = CheckpointManager(
-            self.run_dir, cfg.trainer.keep_last, cfg.trainer.verify_checksums
+            self.run_dir, config.trainer.keep_last, config.trainer.verify_checksums
         )
-        self.step = 0
-        self.rollouts_done = 0
-        self.train_seconds = 0.0
-        self.val_history: list[tuple[int, float]] = []
-        self.nonfinite_total = 0  # steps whose update met a non-finite loss or gradient
-        self.nonfinite_in_a_row = 0
+        self.progress = TrainerState()
         self.worker_restarts = 0  # this launch's, against trainer.max_worker_restarts
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
-        trainer = self.cfg.trainer
+        trainer = self.config.trainer
         resumed_from = self._resume()
         tracker = Tracker(
             self.run_dir,
-            list(trainer.logger),
+            trainer.logger,
             project=trainer.project_name,
             experiment=trainer.experiment_name,
-            config=OmegaConf.to_container(self.cfg, resolve=True),
+            config=asdict(self.config),
             resume_from_step=resumed_from,
             total_steps=trainer.total_steps,
         )
@@ -93,7 +109,7 @@ class RLTrainer:
             if self.step == 0 and trainer.val_before_train:
                 tracker.log(self.validate(), step=0)
             while self.step < trainer.total_steps:
-                self.step += 1
+                self.progress.step += 1
                 metrics = self.train_step(self.step)
                 if self._due(trainer.val_every):
                     metrics.update(self.validate())
@@ -110,7 +126,7 @@ class RLTrainer:
         self._inject_worker_kills(step)
         t: dict[str, float] = {}
         start = time.perf_counter()
-        prompts = next_prompts(self.train_loader, step, self.cfg.trainer.seed, self.parts.rollout.n)
+        prompts = next_prompts(self.train_loader, step, self.config.trainer.seed, self.config.rollout.n)
         batch = self._restarting_dead_workers(lambda: self.make_experience(prompts, t))
 
         plan = self.sfpo.plan(step)
@@ -124,11 +140,12 @@ class RLTrainer:
             sync = self._restarting_dead_workers(self.groups.sync_weights)
 
         t["timing/step"] = time.perf_counter() - start
-        self.rollouts_done += len(batch)
-        self.train_seconds += t["timing/step"]
+        progress = self.progress
+        progress.rollouts_done += len(batch)
+        progress.train_seconds += t["timing/step"]
         stats = batch.meta.get("generation_stats", {})
         return {
-            **rollout_metrics(batch, self.parts.rollout.max_response_length),
+            **rollout_metrics(batch, self.config.rollout.max_response_length),
             **reward_metrics(batch),
             **update.metrics,
             **self.sfpo.metrics(plan),
@@ -136,10 +153,10 @@ class RLTrainer:
             **t,
             "perf/gen_tokens_per_s": stats.get("tokens_per_s", 0.0),
             "perf/tokens_per_s": float(batch["attention_mask"].sum()) / t["timing/step"],
-            "perf/rollouts": self.rollouts_done,
-            "perf/train_seconds": self.train_seconds,
-            "train/nonfinite_total": self.nonfinite_total,
-            "train/nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "perf/rollouts": progress.rollouts_done,
+            "perf/train_seconds": progress.train_seconds,
+            "train/nonfinite_total": progress.nonfinite_total,
+            "train/nonfinite_in_a_row": progress.nonfinite_in_a_row,
             "train/worker_restarts": self.worker_restarts,
         }
 
@@ -160,7 +177,7 @@ class RLTrainer:
     def _restarting_dead_workers(self, work: Callable[[], Any]) -> Any:
         """`work()`, redone after replacing a rollout, reward or reference group whose worker died or hung
         (the work must not change the actor), while `trainer.max_worker_restarts` allows."""
-        limit = self.cfg.trainer.max_worker_restarts
+        limit = self.config.trainer.max_worker_restarts
         while True:
             try:
                 return work()
@@ -181,7 +198,7 @@ class RLTrainer:
                 self.groups.write_pids(self.run_dir)
 
     def _inject_worker_kills(self, step: int) -> None:
-        for entry in self.cfg.trainer.inject_worker_kill:
+        for entry in self.config.trainer.inject_worker_kill:
             at, role, rank = entry.split(":")
             if int(at) == step:
                 print(
@@ -190,25 +207,26 @@ class RLTrainer:
                 getattr(self.groups, role).kill_worker(int(rank))
 
     def _count_nonfinite(self, step: int, update: UpdateResult) -> None:
+        progress = self.progress
         if not update.nonfinite:
-            self.nonfinite_in_a_row = 0
+            progress.nonfinite_in_a_row = 0
             return
-        self.nonfinite_total += 1
-        self.nonfinite_in_a_row += 1
+        progress.nonfinite_total += 1
+        progress.nonfinite_in_a_row += 1
         restored = update.sfpo is not None and update.sfpo.restored  # also when the fast weights went NaN
         where = "the SFPO fast trajectory was discarded (slow weights restored); " if restored else ""
         print(
             f"[sfpo_rl] step {step}: non-finite loss or gradient: {where}{update.all_skipped_steps} optimizer step(s) "
-            f"skipped ({self.nonfinite_in_a_row} step(s) in a row, the run stops at "
-            f"trainer.max_consecutive_nonfinite={self.cfg.trainer.max_consecutive_nonfinite})",
+            f"skipped ({progress.nonfinite_in_a_row} step(s) in a row, the run stops at "
+            f"trainer.max_consecutive_nonfinite={self.config.trainer.max_consecutive_nonfinite})",
             flush=True,
         )
 
     def _stop_if_diverged(self) -> None:
-        limit = self.cfg.trainer.max_consecutive_nonfinite
-        if self.nonfinite_in_a_row < limit:
+        limit = self.config.trainer.max_consecutive_nonfinite
+        if self.progress.nonfinite_in_a_row < limit:
             return
-        first = self.step - self.nonfinite_in_a_row + 1
+        first = self.step - self.progress.nonfinite_in_a_row + 1
         raise TrainingHalted(
             f"training stopped at step {self.step}: steps {first}-{self.step} all met a non-finite loss or gradient "
             f"(trainer.max_consecutive_nonfinite={limit}). Their updates were skipped, so the weights hold no "
@@ -216,7 +234,7 @@ class RLTrainer:
         )
 
     def compute_advantage(self, batch: Batch) -> Batch:
-        algo = self.cfg.algorithm
+        algo = self.config.algorithm
         rewards = batch["token_level_scores"]
         if algo.use_kl_in_reward:
             kl = kl_penalty(batch["old_log_probs"], batch["ref_log_probs"], algo.kl_penalty)
@@ -227,7 +245,7 @@ class RLTrainer:
             batch["token_level_rewards"],
             batch["response_mask"],
             batch["uid"],
-            **OmegaConf.to_container(algo.adv_options),
+            **algo.adv_options,
         )
         return batch
 
@@ -236,8 +254,9 @@ class RLTrainer:
         with timed(timings, "validate"):
             batch = self._restarting_dead_workers(self._score_validation)
         metrics = validation_metrics(batch["data_source"], batch["uid"], batch["acc"].tolist())
-        self.val_history.append((self.step, metrics["val/acc"]))
-        metrics["val/best_acc"] = max(acc for _, acc in self.val_history)
+        history = self.progress.val_history
+        history.append((self.step, metrics["val/acc"]))
+        metrics["val/best_acc"] = max(acc for _, acc in history)
         metrics["val/response_length"] = float(batch["response_mask"].sum(-1).float().mean())
         return {**metrics, **timings}
 
@@ -246,7 +265,7 @@ class RLTrainer:
         return batch.union(self.groups.reward.compute_score(batch))
 
     def _due(self, every: int) -> bool:
-        return every > 0 and (self.step % every == 0 or self.step == self.cfg.trainer.total_steps)
+        return every > 0 and (self.step % every == 0 or self.step == self.config.trainer.total_steps)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -254,14 +273,9 @@ class RLTrainer:
         staging = self.checkpoints.staging_dir(self.step)
         self.groups.actor.save_checkpoint(str(staging / "actor"))
         state = {
-            "step": self.step,
-            "rollouts_done": self.rollouts_done,
-            "train_seconds": self.train_seconds,
-            "val_history": self.val_history,
+            **asdict(self.progress),
             "sfpo": self.sfpo.state_dict(),
             "train_loader": self.train_loader.state_dict(),
-            "nonfinite_total": self.nonfinite_total,
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
         path = self.checkpoints.commit(staging, self.step, state)
         logger.info("saved checkpoint %s", path)
@@ -272,20 +286,15 @@ class RLTrainer:
             return None
         path, state = self.resume_from
         self.groups.actor.load_checkpoint(str(path / "actor"))
-        self.step = state["step"]
-        self.rollouts_done = state["rollouts_done"]
-        self.train_seconds = state["train_seconds"]
-        self.val_history = [tuple(item) for item in state["val_history"]]
+        self.progress = TrainerState.from_checkpoint(state)
         self.sfpo.load_state_dict(state["sfpo"])
         self.train_loader.load_state_dict(state["train_loader"])
-        self.nonfinite_total = state["nonfinite_total"]
-        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.groups.sync_weights()  # the engines start from the base model; give them the resumed policy
         print(f"[sfpo_rl] resumed from {path} at step {self.step}", flush=True)
         return self.step
 
     def summary(self) -> dict[str, Any]:
-        vals = self.val_history
+        vals = self.progress.val_history
         return {
             "steps": self.step,
             "val_acc_first": vals[0][1] if vals else None,
@@ -293,23 +302,10 @@ class RLTrainer:
             "val_acc_best": max(acc for _, acc in vals) if vals else None,
             "val_history": vals,
             "sfpo_switched_off_after": self.sfpo.switched_off_after,
-            "rollouts": self.rollouts_done,
-            "train_seconds": self.train_seconds,
+            "rollouts": self.progress.rollouts_done,
+            "train_seconds": self.progress.train_seconds,
             "run_dir": str(self.run_dir),
         }
-
-
-def resume_point(cfg: Any) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint `trainer.resume` asks for, verified against its manifest, with its trainer state: the
-    newest intact one in the run dir (auto; damaged ones are reported and skipped), none (never), or the named
-    path (CheckpointError when it is damaged or incomplete). Cheap enough to run before any worker starts."""
-    trainer = cfg.trainer
-    checkpoints = CheckpointManager(trainer.run_dir, trainer.keep_last, trainer.verify_checksums)
-    if trainer.resume == "never":
-        return None
-    if trainer.resume == "auto":
-        return checkpoints.latest()
-    return Path(trainer.resume), checkpoints.load(trainer.resume)
 
 
 def next_prompts(loader: PromptLoader, step: int, seed: int, n: int) -> Batch:

@@ -1,7 +1,8 @@
 """Metric sinks: a JSONL file in the run directory (always), plus console, tensorboard, wandb, mlflow by config.
 
 `trainer.logger=[console,tensorboard]` picks the sinks. The JSONL file is the record of truth: one line per
-step, appended and flushed, so a killed run keeps every step it finished and a resumed run continues it.
+step, appended and flushed, so a killed run keeps every step it finished and a resumed run continues it (a run
+that starts at step 1 replaces it: no step is ever logged twice).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ def _plain(value: Any) -> float | int | str | None:
 
 
 class JsonlSink:
+    """`resume_from_step`: keep the lines up to that step (the steps after it will be recomputed); None: a run
+    starting at step 1 replaces the file."""
+
     def __init__(self, path: Path, resume_from_step: int | None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
         if resume_from_step is not None and path.exists():
-            # Drop lines of steps after the checkpoint we resume from: they will be recomputed.
             kept = [line for line in path.read_text().splitlines() if _line_step(line) <= resume_from_step]
-            path.write_text("".join(line + "\n" for line in kept))
+        path.write_text("".join(line + "\n" for line in kept))
         self._file = path.open("a")
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:

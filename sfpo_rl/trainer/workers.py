@@ -13,12 +13,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sfpo_rl.algorithms.sfpo import StepPlan
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
-from sfpo_rl.trainer.config import Validated
+from sfpo_rl.trainer.config import RunConfig
 from sfpo_rl.workers.actor import ActorWorker
 from sfpo_rl.workers.reference import ReferenceWorker
 from sfpo_rl.workers.reward import RewardWorker
@@ -77,28 +76,28 @@ class WorkerGroups:
             group.shutdown()
 
 
-def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGroups:
-    res = cfg.resources
-    use_gpu = cfg.trainer.n_gpus_per_node > 0
-    nodes = [res.actor_ranks_per_node] * cfg.trainer.nnodes
+def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
+    res, trainer = config.resources, config.trainer
+    use_gpu = trainer.n_gpus_per_node > 0
+    nodes = [res.actor_ranks_per_node] * trainer.nnodes
 
     def build(role: str) -> RayWorkerGroup:
         if role in ("actor", "ref"):
             pool = ResourcePool(nodes, use_gpu=use_gpu, name=role)
             worker = ActorWorker if role == "actor" else ReferenceWorker
-            group = RayWorkerGroup(pool, worker, role, model_path, parts.actor)
+            group = RayWorkerGroup(pool, worker, role, model_path, config.actor)
         elif role == "rollout":
             pool = ResourcePool(
-                [res.rollout_workers_per_node] * cfg.trainer.nnodes,
+                [res.rollout_workers_per_node] * trainer.nnodes,
                 use_gpu=use_gpu,
                 name=role,
-                gpus_per_bundle=parts.rollout.tensor_parallel_size,
+                gpus_per_bundle=config.rollout.tensor_parallel_size,
             )
-            group = RayWorkerGroup(pool, RolloutWorker, role, model_path, parts.rollout)
+            group = RayWorkerGroup(pool, RolloutWorker, role, model_path, config.rollout)
         else:
             pool = ResourcePool([res.reward_workers], use_gpu=False, name=role)
-            group = RayWorkerGroup(pool, RewardWorker, role, model_path, parts.reward)
-        group.call_timeout_s = cfg.trainer.worker_timeout_s or None
+            group = RayWorkerGroup(pool, RewardWorker, role, model_path, config.reward)
+        group.call_timeout_s = trainer.worker_timeout_s or None
         print(f"[sfpo_rl] placement: {describe_placement(group)}", flush=True)
         return group
 
@@ -106,7 +105,7 @@ def build_worker_groups(cfg: Any, parts: Validated, model_path: str) -> WorkerGr
         actor=build("actor"),
         rollout=build("rollout"),
         reward=build("reward"),
-        ref=build("ref") if parts.uses_ref else None,
+        ref=build("ref") if config.uses_ref else None,
         build=build,
     )
 

@@ -20,6 +20,8 @@ from transformers import AutoModelForCausalLM
 from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.tracking import read_jsonl
 
+pytestmark = pytest.mark.slow  # starts Ray, vLLM and torch.distributed
+
 TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
 # Small enough for CI on 2 cores; the shapes of the default run otherwise.
 SMALL = [

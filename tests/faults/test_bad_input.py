@@ -20,6 +20,9 @@ from sfpo_rl.trainer.checkpoint import CheckpointError
 from sfpo_rl.trainer.config import ConfigError
 from sfpo_rl.trainer.main import CONFIG_DIR, run
 
+# Each case loads a model and tokenizer; one runs the whole command line in a subprocess.
+pytestmark = pytest.mark.slow
+
 ROW = {"prompt": "What is 2 + 3?", "ground_truth": "5", "data_source": "arith"}
 
 

@@ -31,6 +31,7 @@ def fresh_local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_local_ray_listens_on_loopback_only_with_the_dashboard_off(fresh_local_ray):
     me = psutil.Process()
     listening = [

@@ -1,11 +1,14 @@
 """reposition_ on the local shards of a 2-rank FSDP2 model (gloo) equals the single-process result."""
 
+import pytest
 import torch
 from actor_helpers import run_ranks
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, snapshot_
+
+pytestmark = pytest.mark.slow  # 2 spawned torch.distributed ranks
 
 ALPHA = 0.8
 

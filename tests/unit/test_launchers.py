@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from sfpo_rl.launch.slurm import NodeListError, expand_nodelist, wait_for_nodes
-from sfpo_rl.trainer.config import register_schema, validate
+from sfpo_rl.trainer.config import register_schema, to_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "docker" / "slurm" / "sfpo_rl.sbatch"
@@ -155,20 +155,30 @@ def test_paper_experiments_are_valid_and_match_the_paper(compose_run, experiment
     cfg = compose_run(
         [f"experiment={experiment}", f"algorithm={algorithm}", "hardware=gpu", "model.path=/m", *DATA]
     )
-    parts = validate(cfg)
+    config = to_run_config(cfg)
+    actor, rollout, sfpo, trainer = config.actor, config.rollout, config.algorithm.sfpo, config.trainer
     prompt_len, response_len, alpha = PAPER_MODELS[experiment]
-    assert (parts.rollout.max_prompt_length, parts.rollout.max_response_length) == (prompt_len, response_len)
-    assert parts.sfpo.enable == (algorithm == "sfpo")
-    assert (parts.sfpo.inner_steps, parts.sfpo.alpha) == (3, alpha)
-    assert (parts.sfpo.entropy_window, parts.sfpo.entropy_threshold) == (30, 1.0)
-    assert cfg.data.train_batch_size * parts.rollout.n == 256 * 8
-    assert parts.actor.ppo_mini_batch_size == 64 * 8  # 64 prompts' worth of sequences
-    assert parts.actor.lr == 1e-6 and parts.actor.entropy_coeff == 0.001
-    assert not parts.actor.use_kl_loss and not cfg.algorithm.use_kl_in_reward
-    assert (parts.rollout.val_n, parts.rollout.val_temperature) == (4, 1.0)
-    assert parts.reward.verifier_kwargs == {"math": {"correct_score": 1.0, "format_score": 0.1}}
-    assert cfg.trainer.n_gpus_per_node == 8 and cfg.model.path == "/m"
-    assert cfg.trainer.experiment_name == f"{experiment}_{algorithm}"
+    assert (rollout.max_prompt_length, rollout.max_response_length) == (prompt_len, response_len)
+    assert sfpo.enable == (algorithm == "sfpo")
+    assert (sfpo.inner_steps, sfpo.alpha) == (3, alpha)
+    assert (sfpo.entropy_window, sfpo.entropy_threshold) == (30, 1.0)
+    assert config.data.train_batch_size * rollout.n == 256 * 8
+    assert actor.ppo_mini_batch_size == 64 * 8  # 64 prompts' worth of sequences
+    assert actor.lr == 1e-6 and actor.lr_schedule == "constant" and actor.entropy_coeff == 0.001
+    assert (actor.weight_decay, actor.grad_clip, actor.clip_ratio_low, actor.clip_ratio_high) == (
+        0.01,
+        1.0,
+        0.2,
+        0.2,
+    )
+    assert actor.loss_agg_mode == "token-mean" and actor.policy_loss == "ppo_clip"
+    assert not actor.use_kl_loss and not config.uses_ref
+    assert (rollout.temperature, rollout.top_p) == (1.0, 1.0)
+    assert (rollout.val_n, rollout.val_temperature, rollout.val_top_p) == (4, 1.0, 0.7)
+    assert config.reward.verifier_kwargs == {"math": {"correct_score": 1.0, "format_score": 0.1}}
+    assert (trainer.val_every, trainer.val_before_train, trainer.keep_last) == (5, True, 2)
+    assert trainer.n_gpus_per_node == 8 and config.model.path == "/m"
+    assert trainer.experiment_name == f"{experiment}_{algorithm}"
 
 
 def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
@@ -190,12 +200,15 @@ def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = OmegaConf.create(proc.stdout)
-    parts = validate(cfg)
-    assert cfg.model.path == str(tmp_path / "Qwen3-4B-Base")
-    assert list(cfg.data.train_files) == ["/d/train.parquet"]
-    assert cfg.trainer.run_dir == str(tmp_path / "runs" / "qwen3_4b_base_sfpo")
-    assert cfg.trainer.total_steps == 7 and parts.sfpo.enable and parts.sfpo.alpha == 0.9
+    config = to_run_config(OmegaConf.create(proc.stdout))
+    assert config.model.path == str(tmp_path / "Qwen3-4B-Base")
+    assert config.data.train_files == ["/d/train.parquet"]
+    assert config.trainer.run_dir == str(tmp_path / "runs" / "qwen3_4b_base_sfpo")
+    assert (
+        config.trainer.total_steps == 7
+        and config.algorithm.sfpo.enable
+        and config.algorithm.sfpo.alpha == 0.9
+    )
 
 
 @pytest.mark.parametrize(
@@ -260,7 +273,7 @@ def test_rayjob_manifest_runs_a_valid_trainer_command_on_matching_pods(compose_r
     overrides = argv[3:]
     assert "ray.address=auto" in overrides
     cfg = compose_run([o for o in overrides if not o.startswith("ray.address=")])
-    validate(cfg)
+    to_run_config(cfg)
 
     gpu_pods = [
         g

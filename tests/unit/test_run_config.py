@@ -1,37 +1,72 @@
-"""The Hydra config tree: defaults compose and validate, groups switch what they should, and cross-section
-constraints are reported by option name."""
+"""The Hydra config tree: it composes into one typed RunConfig, groups switch what they should, sections and
+cross-section rules report bad values by option name, the YAML files restate no default, and neither
+validating a config nor printing it imports Ray or vLLM."""
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from sfpo_rl.trainer.config import ConfigError, register_schema, validate
+from sfpo_rl.algorithms.sfpo import SFPOConfig
+from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
+from sfpo_rl.trainer.main import CONFIG_DIR
+from sfpo_rl.utils.options import require
+from sfpo_rl.workers.actor_config import ActorConfig
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+REPO = Path(__file__).resolve().parents[2]
 register_schema()
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    """The composed config as `sfpo-rl-train` sees it (trainer.experiment_name reads the chosen groups)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
 
 
-def test_default_is_sfpo_with_the_papers_settings_on_cpu():
-    cfg = composed()
-    parts = validate(cfg)
-    assert parts.sfpo.enable and (parts.sfpo.inner_steps, parts.sfpo.alpha) == (3, 0.8)
-    assert (parts.sfpo.entropy_window, parts.sfpo.entropy_threshold) == (30, 1.0)
-    assert cfg.algorithm.adv_estimator == "grpo" and cfg.trainer.n_gpus_per_node == 0
-    assert parts.actor.param_dtype == "float32" and cfg.model.path is None
+def test_the_configs_are_the_repositorys_configs_directory_shipped_in_the_package():
+    assert Path(CONFIG_DIR).resolve() == (REPO / "configs").resolve()
+    assert (REPO / "sfpo_rl" / "configs").resolve() == (REPO / "configs").resolve()
+
+
+def test_default_is_one_typed_tree_sfpo_with_the_papers_settings_on_cpu():
+    config = to_run_config(composed())
+    assert isinstance(config, RunConfig)
+    assert isinstance(config.actor, ActorConfig) and isinstance(config.algorithm.sfpo, SFPOConfig)
+    sfpo = config.algorithm.sfpo
+    assert sfpo.enable and (sfpo.inner_steps, sfpo.alpha, sfpo.entropy_window, sfpo.entropy_threshold) == (
+        3,
+        0.8,
+        30,
+        1.0,
+    )
+    assert config.algorithm.adv_estimator == "grpo" and config.trainer.n_gpus_per_node == 0
+    assert (
+        config.actor.param_dtype == "float32"
+        and config.model.path is None
+        and config.data.train_files is None
+    )
+    assert config.actor.betas == (0.9, 0.999)  # a tuple again after the round trip through OmegaConf
+    assert config.trainer.experiment_name == "tiny_arith_sfpo"
+    assert config.trainer.run_dir == "outputs/tiny_arith_sfpo"
+    assert not config.uses_ref and config.actor_world_size == 2
 
 
 def test_groups_switch_algorithm_and_hardware():
-    assert not validate(composed("algorithm=grpo")).sfpo.enable
-    gpu = composed("hardware=gpu", "actor.ppo_mini_batch_size=64")
-    assert gpu.trainer.n_gpus_per_node == 8 and validate(gpu).actor.param_dtype == "bfloat16"
+    assert not to_run_config(composed("algorithm=grpo")).algorithm.sfpo.enable
+    gpu = to_run_config(composed("hardware=gpu", "actor.ppo_mini_batch_size=64"))
+    assert gpu.trainer.n_gpus_per_node == 8 and gpu.actor.param_dtype == "bfloat16"
+    assert gpu.resources.actor_ranks_per_node == 4 and not gpu.rollout.enforce_eager
 
 
 @pytest.mark.parametrize(
@@ -43,24 +78,30 @@ def test_groups_switch_algorithm_and_hardware():
         (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator must be one of"),
         (["algorithm.use_kl_in_reward=true", "actor.use_kl_loss=true"], "algorithm.use_kl_in_reward"),
         (["actor.clip_ratio_c=0.5"], "actor.clip_ratio_c"),
+        (["actor.policy_loss=ppo"], "actor.policy_loss must be one of gspo, ppo_clip"),
         (["rollout.temperature=-1"], "rollout.temperature"),
-        (["trainer.total_steps=0"], "trainer.total_steps must be an integer >= 1"),
+        (["trainer.total_steps=0"], "trainer.total_steps must be an integer >= 1, got 0"),
         (
             ["rollout.n=1", "actor.ppo_mini_batch_size=16"],
             "rollout.n must be >= 2 with algorithm.adv_estimator=grpo",
         ),
-        (["algorithm.sfpo.alpha=1.5"], "algorithm.sfpo.alpha"),
+        (["algorithm.sfpo.alpha=1.5"], "algorithm.sfpo.alpha must be a number in [0, 1], got 1.5"),
         (["model=hf"], "model.path must be set (model=hf needs model.path="),
         (["data=files"], "data.train_files must be set (data=files needs"),
+        (["data.val_max_samples=0"], "data.val_max_samples must be null or an integer >= 1, got 0"),
+        (["ray.num_cpus=0"], "ray.num_cpus must be null or an integer >= 1"),
+        (["algorithm.kl_coef=-1"], "algorithm.kl_coef must be a number >= 0"),
+        (["reward.timeout_s=0"], "reward.timeout_s"),
         (["trainer.worker_timeout_s=-1"], "trainer.worker_timeout_s must be a number of seconds >= 0"),
+        (["trainer.logger=[nope]"], "trainer.logger must be a list drawn from"),
         (["trainer.inject_worker_kill=[3:reward]"], "trainer.inject_worker_kill must be a list of"),
         (["trainer.inject_worker_kill=[3:actor:2]"], "got ['3:actor:2']"),  # 2 actor ranks: 0 and 1
         (["trainer.inject_worker_kill=[3:ref:0]"], "got ['3:ref:0']"),  # no KL term: no reference workers
     ],
 )
-def test_invalid_combinations_name_the_option(overrides, message):
+def test_invalid_values_and_combinations_name_the_option(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate(composed(*overrides))
+        to_run_config(composed(*overrides))
 
 
 def test_schema_rejects_unknown_keys_and_wrong_types():
@@ -70,8 +111,114 @@ def test_schema_rejects_unknown_keys_and_wrong_types():
         composed("rollout.n=many")
 
 
+def test_a_plain_config_is_checked_against_the_schema_by_option_name():
+    """E.g. a run's config.yaml read back, or `--cfg job` output: no Hydra schema attached."""
+    full = composed("trainer.experiment_name=x")
+    run_only = OmegaConf.masked_copy(full, [key for key in full if key != "hydra"])
+    plain = OmegaConf.create(OmegaConf.to_yaml(run_only, resolve=True))
+    assert to_run_config(plain).trainer.experiment_name == "x"
+    with pytest.raises(ConfigError, match=r"^actor\.lrr: Key 'lrr' not in 'ActorConfig'"):
+        to_run_config(OmegaConf.merge(plain, {"actor": {"lrr": 1}}))
+
+
 def test_single_sample_runs_are_allowed_with_a_batch_level_estimator():
     cfg = composed(
         "rollout.n=1", "actor.ppo_mini_batch_size=16", "algorithm.adv_estimator=reinforce_plus_plus"
     )
-    assert validate(cfg).rollout.n == 1
+    assert to_run_config(cfg).rollout.n == 1
+
+
+def test_kl_term_brings_the_reference_policy():
+    config = to_run_config(composed("actor.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:1]"))
+    assert config.uses_ref
+
+
+def test_require_is_the_one_message_format():
+    require(True, "x.y", "anything")
+    with pytest.raises(ConfigError, match=r"^x\.y must be an integer >= 1, got 'a'$"):
+        require(False, "x.y", "an integer >= 1", "a")
+    with pytest.raises(ConfigError, match=r"^x\.y must be set$"):
+        require(False, "x.y", "set")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Dotted key -> leaf value; the values of free-form mappings count as leaves."""
+    out = {}
+    for key, value in (tree or {}).items():
+        if key in ("defaults", "hydra"):
+            continue
+        dotted = f"{prefix}{key}"
+        free_form = dotted in (
+            "reward.verifier_kwargs",
+            "ray.env_vars",
+            "model.warmstart",
+            "algorithm.adv_options",
+        )
+        out.update(
+            _flat(value, dotted + ".") if isinstance(value, dict) and not free_form else {dotted: value}
+        )
+    return out
+
+
+def test_yaml_files_hold_only_what_they_change():
+    """Defaults live in the dataclasses: no config file restates one."""
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
+    restated = []
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        text = path.read_text()
+        group = path.parent.name
+        package = "" if "@package _global_" in text or group == "configs" else f"{group}."
+        for key, value in _flat(yaml.safe_load(text), package).items():
+            if key in defaults and value == defaults[key]:
+                restated.append(f"{path.relative_to(REPO)}: {key}: {value!r}")
+    assert len(defaults) > 100 and not restated, "the schema's defaults already:\n" + "\n".join(restated)
+
+
+# Modules that make `import ray` / `import vllm` fail: a command that still works never imported them.
+POISON = {
+    "ray/__init__.py": "raise ImportError('ray was imported')",
+    "vllm/__init__.py": "raise ImportError('vllm was imported')",
+}
+
+
+@pytest.fixture(scope="module")
+def no_ray_or_vllm(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("poison")
+    for rel, text in POISON.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text + "\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_validating_a_config_imports_neither_ray_nor_vllm(no_ray_or_vllm):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from hydra import compose, initialize_config_dir
+        from sfpo_rl.trainer.config import register_schema, to_run_config
+        register_schema()
+        with initialize_config_dir(config_dir={CONFIG_DIR!r}, version_base="1.3"):
+            cfg = compose("config", overrides=["trainer.experiment_name=x", "algorithm=grpo"])
+        config = to_run_config(cfg)
+        assert not config.algorithm.sfpo.enable
+        print(sorted(m for m in ("ray", "vllm") if m in sys.modules))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=no_ray_or_vllm, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_cfg_job_prints_the_config_without_importing_ray_or_vllm(no_ray_or_vllm, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sfpo_rl.trainer.main", "algorithm=grpo", "--cfg", "job", "--resolve"],
+        env=no_ray_or_vllm,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = OmegaConf.create(proc.stdout)
+    assert printed.trainer.experiment_name == "tiny_arith_grpo" and not printed.algorithm.sfpo.enable
+    assert not list(tmp_path.iterdir())  # printing wrote nothing

@@ -1,12 +1,12 @@
 """The driver's restart policy for dead workers: which failures are retried, and how many times."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from omegaconf import OmegaConf
 
 from sfpo_rl.controller import WorkerError
-from sfpo_rl.trainer.ray_trainer import RLTrainer
+from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainerState
 
 
 class RecordingGroups:
@@ -22,8 +22,8 @@ class RecordingGroups:
 
 def trainer(max_restarts: int) -> RLTrainer:
     t = RLTrainer.__new__(RLTrainer)  # only the parts the restart policy reads
-    t.cfg = OmegaConf.create({"trainer": {"max_worker_restarts": max_restarts}})
-    t.groups, t.run_dir, t.step, t.worker_restarts = RecordingGroups(), Path("."), 7, 0
+    t.config = SimpleNamespace(trainer=SimpleNamespace(max_worker_restarts=max_restarts))
+    t.groups, t.run_dir, t.progress, t.worker_restarts = RecordingGroups(), Path("."), TrainerState(step=7), 0
     return t
 
 
