@@ -284,6 +284,7 @@ def _kill_recovery(batch, repeats: int) -> dict[str, Any]:
     against the same batch scored with no kill; and the samples each kill cost."""
     scorer = RewardScorer({"num_processes": 1})
     idle, mid, lost_idle, lost_mid, base = [], [], [], [], []
+    missed = 0
     try:
         _timed_score(scorer, batch)  # warm
         for _ in range(repeats):
@@ -297,12 +298,17 @@ def _kill_recovery(batch, repeats: int) -> dict[str, Any]:
             lost_idle.append(sum(o.status in (ERROR, TIMEOUT) for o in outcomes))
 
             pid = scorer._pool._children[0].proc.pid
-            killer = threading.Timer(base[-1] / 2, os.kill, (pid, signal.SIGKILL))
+            killer = threading.Timer(median(base) / 4, os.kill, (pid, signal.SIGKILL))
             killer.start()
             seconds, outcomes = _timed_score(scorer, batch)
             killer.join()
-            mid.append(seconds)
-            lost_mid.append(sum(o.status in (ERROR, TIMEOUT) for o in outcomes))
+            lost = sum(o.status in (ERROR, TIMEOUT) for o in outcomes)
+            if lost:
+                mid.append(seconds)
+                lost_mid.append(lost)
+            else:  # the batch ended before the kill landed: let the next call replace the child, untimed
+                missed += 1
+                _timed_score(scorer, batch)
         restarts = scorer._pool.restarts
     finally:
         scorer.close()
@@ -312,6 +318,7 @@ def _kill_recovery(batch, repeats: int) -> dict[str, Any]:
         "mid_batch_kill_batch_s": mid,
         "idle_kill_lost": lost_idle,
         "mid_batch_kill_lost": lost_mid,
+        "mid_batch_kills_that_landed_after_the_batch": missed,
         "restarts": restarts,
     }
 
@@ -338,7 +345,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for kind, outcome in zip(clean[2], one["outcomes"]["clean"]):
         by_kind.setdefault(kind, []).append(outcome.acc)
     idle_extra = median(recovery["idle_kill_batch_s"]) - median(recovery["batch_s"])
-    mid_extra = median(recovery["mid_batch_kill_batch_s"]) - median(recovery["batch_s"])
+    mid = recovery["mid_batch_kill_batch_s"]
+    mid_extra = median(mid) - median(recovery["batch_s"]) if mid else None
     limit = 10.0  # reward.timeout_s default
     rows = [
         row("responses/s, clean batch (1 verifier process)", one["responses_per_s"]["clean"], "resp/s"),
@@ -385,8 +393,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "recovery from a child killed mid-batch",
             mid_extra,
             "s",
-            f"extra time of that 128-response batch; samples lost: {max(recovery['mid_batch_kill_lost'])} "
-            "(the one being scored)",
+            f"extra time of that 128-response batch; samples lost: {max(recovery['mid_batch_kill_lost'], default=0)} "
+            f"(the one being scored); {len(mid)} of {repeats} kills landed mid-batch",
         ),
     ]
     return {

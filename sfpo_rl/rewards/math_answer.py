@@ -3,11 +3,12 @@
 - `normalize`: writing variants that mean the same answer become one form (thousands separators, unicode
   symbols, plain-text `sqrt(2)` and `pi`, a number in \\text{} / \\textbf{} as AIME answers are written, a
   trailing period).
-- `too_complex`: math-verify's LaTeX parser slows down about twofold with each level of nesting (14 nested
-  braces, 37 characters, took 8 s), so answers longer than `max_chars` or nested deeper than `max_depth`
-  brackets are not parsed at all; they are compared as text.
-- `too_large`: numbers such as 9^{9^{9}} or 1000000! are short to write but cost minutes and gigabytes to
-  compare exactly (inside C code that no alarm interrupts); answers holding one are compared as text.
+- `too_complex`: math-verify's LaTeX parser (ANTLR with full-context prediction) slows down about twofold
+  with each level of nesting, so a short answer of nested braces can hold a verifier for its whole time
+  limit; answers longer than `max_chars` or nested deeper than `max_depth` brackets are not parsed at all and
+  are compared as text.
+- `too_large`: numbers such as 9^{9^{9}} or 1000000! are short to write but slow and memory-hungry to
+  compare exactly, inside C code that no alarm interrupts; answers holding one are compared as text.
 - `unnamed_equation`: math-verify reads `\\boxed{<anything> = 0}` as the value 0 (it keeps the right side of
   an equation when the reference is not one), which lets `5x - 7y + 4 = 0`, `7 = 0` or `1 = 2` match 0 or 2.
   An equation is read as its right side only when its left side is a name (`x = 5`, `x_1 = 5`,
