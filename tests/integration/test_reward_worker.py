@@ -3,6 +3,9 @@ per-sample columns must equal single-process scoring."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import ray
 import torch
@@ -123,3 +126,22 @@ def test_two_worker_group_matches_single_process(tiny_model_dir, tokenizer):
     assert len(out) == len(cases)
     for key in ("token_level_scores", "acc", "verifier_error", "verifier_timeout"):
         assert torch.equal(out[key], local[key]), key
+
+
+def test_a_reward_worker_keeps_scoring_after_its_verifier_process_is_killed(tiny_model_dir, tokenizer):
+    """The reward worker's verifier child SIGKILLed between two batches (as an OOM kill would): the next
+    batch scores normally (before: BrokenPipeError on every later batch, a non-restartable worker error)."""
+    cases = [*CASES, ("so \\boxed{7 = 0}", "0", "math", 0.1), ("\\boxed{?}", "3", "math", 0.0)]
+    batch = rollout_batch(tokenizer, cases)
+    rewarder = BatchRewarder(tiny_model_dir, {"num_processes": 1})
+    try:
+        first = rewarder.compute_score(batch)
+        child = rewarder.scorer._pool._children[0].proc
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        again = rewarder.compute_score(batch)
+    finally:
+        rewarder.close()
+    assert torch.equal(again["token_level_scores"].sum(-1), torch.tensor([c[3] for c in cases]))
+    assert torch.equal(again["token_level_scores"], first["token_level_scores"])
+    assert again["verifier_error"].sum() == 0 and again["verifier_timeout"].sum() == 0
