@@ -1,4 +1,4 @@
-"""Single controller on Ray: resource pools, worker groups and their dispatch modes (see DESIGN.md)."""
+"""Single controller on Ray: resource pools, worker groups and their dispatch modes (see dispatch.py)."""
 
 from sfpo_rl.controller.dispatch import Dispatch, register
 from sfpo_rl.controller.ray_init import init_ray

@@ -4,7 +4,8 @@ Every rank of a worker group is one Ray actor process running a `WorkerHost`. Th
 it runs (so the group can pick MASTER_ADDR/MASTER_PORT and local ranks), then receives the rank's
 environment and builds the worker object(s): one per role, several when roles are colocated in one process.
 Group calls go through `WorkerHost.call`, which turns any exception into a `WorkerError` that names the role,
-rank, worker class and method and carries the worker-side traceback (without Ray's frames).
+rank, worker class and method and carries the worker-side traceback (without Ray's frames). With
+SFPO_RL_WORKER_LOG_DIR in its environment a host writes its process's output to `<dir>/<role>-rank<rank>.log`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import socket
 import traceback
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from sfpo_rl.controller.dispatch import take_chunk
+from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, send_output_to
 
 ROLE_ENV = "SFPO_ROLE"
 
@@ -136,6 +139,8 @@ class WorkerHost:
         """Set the rank's environment, then build each role's worker in order."""
         os.environ.update(env)
         self._rank = rank = int(env["RANK"])
+        if os.environ.get(WORKER_LOG_DIR_ENV):  # before the workers import and load anything
+            send_output_to(Path(os.environ[WORKER_LOG_DIR_ENV]) / f"{'+'.join(roles)}-rank{rank}.log")
         for role, (cls, args, kwargs) in roles.items():
             try:
                 worker = cls.__new__(cls)

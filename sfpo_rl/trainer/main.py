@@ -13,6 +13,7 @@ worker traceback included, goes to run_dir/failure.txt. run_dir/workers.json lis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
 from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
 from sfpo_rl.trainer.learning_curve import plot_learning_curve
 from sfpo_rl.trainer.run_dir import SUMMARY, RunFinished, clear_earlier_run, start_point
+from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, output_to
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
 # The Hydra configs ship inside the package (sfpo_rl/configs is the repository's configs/ directory).
@@ -39,6 +41,7 @@ logger = logging.getLogger("sfpo_rl")
 EXIT_BAD_INPUT = 2
 EXIT_RUN_STOPPED = 3
 FAILURE_REPORT = "failure.txt"
+LOGS = "logs"  # third-party output of the driver and of every worker (unless trainer.verbose)
 
 
 class RunStopped(RuntimeError):
@@ -50,22 +53,25 @@ def resolve_model_and_data(config: RunConfig) -> tuple[str, list[str], list[str]
     model, data = config.model, config.data
     if model.path is not None and data.train_files is not None:
         return model.path, data.train_files, data.val_files
-    from sfpo_rl.tiny.warmstart import WarmStartConfig, ensure_warmstart
+    from sfpo_rl.tiny.warmstart import ensure_warmstart
 
-    # The SFT must see exactly the prompt text the policy will get.
-    warm_config = WarmStartConfig.from_any({**model.warmstart, "prompt_template": data.prompt_template})
-    if model.path is None:  # the built-in model's context is known before it is built
-        check_context(
-            warm_config.max_position_embeddings, "the built-in model (model.warmstart)", config.rollout
-        )
     start = time.perf_counter()
     print(f"[sfpo_rl] preparing the built-in tiny model and task in {model.cache_dir} ...", flush=True)
-    warm = ensure_warmstart(model.cache_dir, warm_config)
+    warm = ensure_warmstart(model.cache_dir, warmstart_config(config))
     print(f"[sfpo_rl] warm-start model ready: {warm} ({time.perf_counter() - start:.0f} s)", flush=True)
     model_path = model.path or str(warm)
     if data.train_files is not None:
         return model_path, data.train_files, data.val_files
     return model_path, [str(warm / "train.jsonl")], [str(warm / "val.jsonl")]
+
+
+def warmstart_config(config: RunConfig) -> Any:
+    """The built-in model's warm-start options; its SFT must see exactly the prompt text the policy will get."""
+    from sfpo_rl.tiny.warmstart import WarmStartConfig
+
+    return WarmStartConfig.from_any(
+        {**config.model.warmstart, "prompt_template": config.data.prompt_template}
+    )
 
 
 def check_context(max_positions: int | None, model: str, rollout: RolloutConfig) -> None:
@@ -142,6 +148,9 @@ def build_data(config: RunConfig, tokenizer: Any, train_files: list[str], val_fi
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the run summary (also written to run_dir/summary.json)."""
     config = to_run_config(cfg)
+    if config.model.path is None:  # the built-in model's context is known before it is built
+        max_positions = warmstart_config(config).max_position_embeddings
+        check_context(max_positions, "the built-in model (model.warmstart)", config.rollout)
     run_dir = Path(config.trainer.run_dir)
     try:
         resume_from = start_point(config.trainer)
@@ -170,18 +179,12 @@ def train(
     config: RunConfig, model_path: str, loader: Any, val_batch: Any, resume_from: tuple[Path, dict] | None
 ) -> dict[str, Any]:
     """Start Ray and the worker groups, train, export; the groups are shut down however it ends."""
-    from sfpo_rl.controller import WorkerError, init_ray
+    from sfpo_rl.controller import WorkerError
     from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainingHalted
     from sfpo_rl.trainer.workers import build_worker_groups
 
     run_dir = Path(config.trainer.run_dir)
-    ray_cfg = config.ray
-    init_ray(
-        address=ray_cfg.address,
-        num_cpus=ray_cfg.num_cpus,
-        namespace=ray_cfg.namespace,
-        env_vars=ray_cfg.env_vars,
-    )
+    start_ray(config)
     start = time.perf_counter()
     groups = None
     try:
@@ -194,6 +197,8 @@ def train(
             flush=True,
         )
         summary = RLTrainer(config, groups, loader, val_batch, resume_from).fit()
+        if not config.trainer.verbose:
+            summary["logs"] = str(run_dir / LOGS)
         if config.trainer.export_hf:
             groups.actor.export_hf(str(run_dir / "final_model"))
             summary["final_model"] = str(run_dir / "final_model")
@@ -203,6 +208,23 @@ def train(
         if groups is not None:
             groups.shutdown()
     return summary
+
+
+def start_ray(config: RunConfig) -> None:
+    """Start or join Ray. Unless trainer.verbose, Ray's and the workers' own output goes to run_dir/logs/
+    (the driver's part while Ray starts, each worker's for good), not to the console."""
+    from sfpo_rl.controller import init_ray
+
+    ray_cfg, verbose = config.ray, config.trainer.verbose
+    logs = Path(config.trainer.run_dir) / LOGS
+    env_vars = dict(ray_cfg.env_vars)
+    if not verbose:
+        env_vars[WORKER_LOG_DIR_ENV] = str(logs.resolve())
+    elif not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in forwarded lines written to a file
+    options = dict(address=ray_cfg.address, num_cpus=ray_cfg.num_cpus, namespace=ray_cfg.namespace)
+    with contextlib.nullcontext() if verbose else output_to(logs / "driver.log"):
+        init_ray(**options, env_vars=env_vars, log_to_driver=verbose)
 
 
 def stop_report(run_dir: Path, exc: Exception) -> str:
@@ -218,8 +240,10 @@ def stop_report(run_dir: Path, exc: Exception) -> str:
         if checkpoints
         else "no checkpoint was written yet (see trainer.save_every)"
     )
+    logs = run_dir / LOGS
     return "\n".join(
         [f"the run stopped: {headline}", *notes, resume, f"full report: {run_dir / FAILURE_REPORT}"]
+        + ([f"worker output: {logs}"] if logs.is_dir() else [])
     )
 
 
@@ -242,6 +266,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"[sfpo_rl] run dir {run_dir}: metrics {run_dir / 'metrics.jsonl'}, summary {run_dir / SUMMARY}",
         f"[sfpo_rl] exported model: {summary['final_model']}" if "final_model" in summary else "",
         f"[sfpo_rl] learning curve: {summary['learning_curve']}" if "learning_curve" in summary else "",
+        f"[sfpo_rl] Ray, vLLM and worker output: {summary['logs']}" if "logs" in summary else "",
     ]
     print("\n".join(line for line in lines if line), flush=True)
 

@@ -84,6 +84,20 @@ def test_sfpo_run_trains_validates_checkpoints_and_exports(sfpo_run):
     assert "[sfpo_rl] done:" in proc.stdout
 
 
+def test_console_carries_no_third_party_noise(sfpo_run):
+    """Ray's notices, vLLM's warnings, progress bars and colour codes go to run_dir/logs, not the console."""
+    run_dir, proc = sfpo_run
+    console = proc.stdout + proc.stderr
+    noise = ("Token authentication", "FutureWarning", "Triton", "NUMA", "Loading weights", "it/s]", "\x1b[")
+    assert not [n for n in noise if n in console], console[-3000:]
+    logs = run_dir / "logs"
+    assert {"driver.log", "actor-rank0.log", "actor-rank1.log", "rollout-rank0.log"} <= {
+        p.name for p in logs.iterdir()
+    }
+    assert (logs / "rollout-rank0.log").stat().st_size > 0  # vLLM's own output, kept
+    assert f"Ray, vLLM and worker output: {logs}" in proc.stdout
+
+
 def test_rl_raises_accuracy_on_an_easy_setting(tmp_path, warmstart_cache):
     """One-step problems only (level 1), where the warm-start is careless half the time: 6 SFPO steps of the
     default recipe must lift both training and held-out accuracy clearly (measured: 19% -> 47% held-out)."""

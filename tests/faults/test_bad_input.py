@@ -123,6 +123,13 @@ CASES = {
         DataError,
         "prompts are longer than rollout.max_prompt_length=2",
     ),
+    "prompt plus response longer than the model's context": (
+        {},
+        ("rollout.max_prompt_length=1024",),
+        ConfigError,
+        "rollout.max_prompt_length + rollout.max_response_length = 1024 + 96 = 1120 tokens, more than the 512 "
+        "positions of model.path={model} (max_position_embeddings)",
+    ),
     "resume from a missing checkpoint": (
         {},
         ("trainer.resume={missing}",),

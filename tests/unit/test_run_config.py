@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from sfpo_rl.algorithms.sfpo import SFPOConfig
 from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
-from sfpo_rl.trainer.main import CONFIG_DIR
+from sfpo_rl.trainer.main import CONFIG_DIR, run
 from sfpo_rl.utils.options import require
 from sfpo_rl.workers.actor_config import ActorConfig
 
@@ -131,6 +131,16 @@ def test_single_sample_runs_are_allowed_with_a_batch_level_estimator():
 def test_kl_term_brings_the_reference_policy():
     config = to_run_config(composed("actor.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:1]"))
     assert config.uses_ref
+
+
+def test_the_built_in_models_context_is_checked_before_it_is_built(tmp_path):
+    cfg = composed(f"model.cache_dir={tmp_path / 'cache'}", f"trainer.run_dir={tmp_path / 'run'}")
+    cfg.rollout.max_prompt_length = 1024
+    with pytest.raises(
+        ConfigError, match=re.escape("= 1120 tokens, more than the 256 positions of the built-in")
+    ):
+        run(cfg)
+    assert not (tmp_path / "cache").exists()  # no warm-start was built
 
 
 def test_require_is_the_one_message_format():
