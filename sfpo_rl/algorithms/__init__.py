@@ -5,6 +5,7 @@ from sfpo_rl.algorithms.kl import KL_ESTIMATORS, kl_penalty
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
 from sfpo_rl.algorithms.policy_loss import (
     LOSS_AGG_MODES,
+    LossInputs,
     agg_loss,
     get_policy_loss,
     gspo_loss,
@@ -25,6 +26,7 @@ from sfpo_rl.algorithms.sfpo import (
 __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
+    "LossInputs",
     "SFPOConfig",
     "SFPOController",
     "StepPlan",

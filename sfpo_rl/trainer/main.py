@@ -30,7 +30,7 @@ from sfpo_rl.data.io import DataError
 from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
 from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
 from sfpo_rl.trainer.learning_curve import plot_learning_curve
-from sfpo_rl.trainer.run_dir import SUMMARY, RunFinished, clear_earlier_run, start_point
+from sfpo_rl.trainer.run_dir import LOGS, SUMMARY, RunFinished, clear_earlier_run, start_point
 from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, output_to
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
@@ -41,7 +41,6 @@ logger = logging.getLogger("sfpo_rl")
 EXIT_BAD_INPUT = 2
 EXIT_RUN_STOPPED = 3
 FAILURE_REPORT = "failure.txt"
-LOGS = "logs"  # third-party output of the driver and of every worker (unless trainer.verbose)
 
 
 class RunStopped(RuntimeError):

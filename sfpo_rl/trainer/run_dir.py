@@ -4,7 +4,7 @@
 summary.json covers trainer.total_steps) is reported and left alone, and a finished run that saved no checkpoint
 cannot be continued: the launch is refused rather than training again from step 1 into the same directory. A
 run that stopped before its first checkpoint starts over. `never` starts over; a path continues from that
-checkpoint. Starting over replaces the earlier run's metrics, checkpoints, summary and exported model, so no
+checkpoint. Starting over replaces the earlier run's metrics, checkpoints, summary, logs and exported model, so no
 step is ever logged twice and no old checkpoint outlives the new run's.
 """
 
@@ -23,6 +23,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 FINAL_MODEL = "final_model"
 CHECKPOINTS = "checkpoints"
+LOGS = "logs"  # third-party output of the driver and of every worker (unless trainer.verbose)
 
 
 class RunFinished(Exception):
@@ -80,7 +81,8 @@ def finished_run(run_dir: Path) -> dict[str, Any] | None:
 def clear_earlier_run(run_dir: Path) -> None:
     """Before a run starts at step 1: remove what an earlier run left (its metrics are replaced as the new
     run logs), saying what."""
-    gone = [p for p in (run_dir / CHECKPOINTS, run_dir / SUMMARY, run_dir / FINAL_MODEL) if p.exists()]
+    earlier = (CHECKPOINTS, SUMMARY, FINAL_MODEL, LOGS)
+    gone = [run_dir / name for name in earlier if (run_dir / name).exists()]
     metrics = run_dir / METRICS
     if metrics.is_file() and metrics.stat().st_size:
         gone.append(metrics)

@@ -44,7 +44,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
-from sfpo_rl.algorithms.policy_loss import agg_loss, get_policy_loss
+from sfpo_rl.algorithms.policy_loss import LossInputs, get_policy_loss
 from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, restore_, snapshot_
 from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
@@ -388,7 +388,7 @@ class FSDPActor(FSDPPolicy):
         for micro in mini.split_by_size(cfg.micro_batch_size_per_gpu):
             mask = micro["response_mask"]
             log_prob, entropy = self._forward(micro, temperature, entropy_grad=cfg.entropy_coeff != 0)
-            pg_loss, pg_metrics = self.policy_loss(
+            inputs = LossInputs(
                 log_prob,
                 micro["old_log_probs"],
                 micro["advantages"],
@@ -400,16 +400,13 @@ class FSDPActor(FSDPPolicy):
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
             )
+            pg_loss, pg_metrics = self.policy_loss(inputs)
             loss = pg_loss
             if cfg.entropy_coeff != 0:
-                entropy_loss = agg_loss(
-                    entropy, mask, cfg.loss_agg_mode, num_tokens=num_tokens, num_seqs=num_seqs
-                )
-                loss = loss - cfg.entropy_coeff * entropy_loss
+                loss = loss - cfg.entropy_coeff * inputs.aggregate(entropy)
             kl_loss = torch.zeros((), device=self.device)
             if cfg.use_kl_loss:
-                kl = kl_penalty(log_prob, micro["ref_log_probs"], cfg.kl_loss_type)
-                kl_loss = agg_loss(kl, mask, cfg.loss_agg_mode, num_tokens=num_tokens, num_seqs=num_seqs)
+                kl_loss = inputs.aggregate(kl_penalty(log_prob, micro["ref_log_probs"], cfg.kl_loss_type))
                 loss = loss + cfg.kl_loss_coef * kl_loss
             if poison:
                 loss = loss * math.nan

@@ -10,6 +10,7 @@ from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
 from sfpo_rl.algorithms.policy_loss import (
     LOSS_AGG_MODES,
+    LossInputs,
     agg_loss,
     get_policy_loss,
     gspo_loss,
@@ -42,7 +43,7 @@ def test_ppo_clip_matches_per_token_reference(c):
     lp, old, adv, mask = random_inputs()
     low, high = 0.2, 0.28
     loss, metrics = ppo_clip_loss(
-        lp, old, adv, mask, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_c=c
+        LossInputs(lp, old, adv, mask, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_c=c)
     )
     total, count, clipped = 0.0, 0, 0
     for i in range(lp.shape[0]):
@@ -62,18 +63,18 @@ def test_dual_clip_bounds_the_loss_of_negative_advantages():
     lp = torch.tensor([[3.0]])  # ratio e^3 ~ 20
     old = torch.zeros(1, 1)
     mask = torch.ones(1, 1)
-    plain, _ = ppo_clip_loss(lp, old, torch.tensor([[-1.0]]), mask)
-    dual, _ = ppo_clip_loss(lp, old, torch.tensor([[-1.0]]), mask, clip_ratio_c=3.0)
+    plain, _ = ppo_clip_loss(LossInputs(lp, old, torch.tensor([[-1.0]]), mask))
+    dual, _ = ppo_clip_loss(LossInputs(lp, old, torch.tensor([[-1.0]]), mask, clip_ratio_c=3.0))
     assert plain.item() == pytest.approx(math.exp(3))
     assert dual.item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="clip_ratio_c"):
-        ppo_clip_loss(lp, old, torch.tensor([[-1.0]]), mask, clip_ratio_c=0.5)
+        ppo_clip_loss(LossInputs(lp, old, torch.tensor([[-1.0]]), mask, clip_ratio_c=0.5))
 
 
 def test_gradient_is_zero_exactly_where_clipped():
     lp, old, adv, mask = random_inputs(seed=1)
     lp = lp.clone().requires_grad_(True)
-    loss, _ = ppo_clip_loss(lp, old, adv, mask, clip_ratio_low=0.2, clip_ratio_high=0.2)
+    loss, _ = ppo_clip_loss(LossInputs(lp, old, adv, mask, clip_ratio_low=0.2, clip_ratio_high=0.2))
     loss.backward()
     ratio = torch.exp(lp.detach() - old)
     clipped = ((adv > 0) & (ratio > 1.2)) | ((adv < 0) & (ratio < 0.8))
@@ -110,19 +111,21 @@ def test_micro_batch_accumulation_equals_full_batch_gradient(mode):
     gradient of the full-batch loss (token-mean would NOT if each micro-batch used its own token count)."""
     lp, old, adv, mask = random_inputs(seed=3, b=8, t=9)
     full_lp = lp.clone().requires_grad_(True)
-    ppo_clip_loss(full_lp, old, adv, mask, loss_agg_mode=mode)[0].backward()
+    ppo_clip_loss(LossInputs(full_lp, old, adv, mask, loss_agg_mode=mode))[0].backward()
 
     micro_lp = lp.clone().requires_grad_(True)
     num_tokens, num_seqs = mask.sum(), mask.shape[0]
     for rows in torch.arange(8).split(2):
         loss, _ = ppo_clip_loss(
-            micro_lp[rows],
-            old[rows],
-            adv[rows],
-            mask[rows],
-            loss_agg_mode=mode,
-            num_tokens=num_tokens,
-            num_seqs=num_seqs,
+            LossInputs(
+                micro_lp[rows],
+                old[rows],
+                adv[rows],
+                mask[rows],
+                loss_agg_mode=mode,
+                num_tokens=num_tokens,
+                num_seqs=num_seqs,
+            )
         )
         loss.backward()
     assert torch.allclose(micro_lp.grad, full_lp.grad, atol=1e-6, rtol=0)
@@ -131,8 +134,11 @@ def test_micro_batch_accumulation_equals_full_batch_gradient(mode):
 def test_per_micro_batch_normalisation_would_differ():
     """The property above is not vacuous: uneven lengths make per-micro token means a different objective."""
     lp, old, adv, mask = random_inputs(seed=3, b=8, t=9)
-    full = ppo_clip_loss(lp, old, adv, mask)[0]
-    naive = sum(ppo_clip_loss(lp[r], old[r], adv[r], mask[r])[0] for r in torch.arange(8).split(2)) / 4
+    full = ppo_clip_loss(LossInputs(lp, old, adv, mask))[0]
+    naive = (
+        sum(ppo_clip_loss(LossInputs(lp[r], old[r], adv[r], mask[r]))[0] for r in torch.arange(8).split(2))
+        / 4
+    )
     assert abs(full.item() - naive.item()) > 1e-4
 
 
@@ -145,7 +151,7 @@ def test_metrics_ratio_and_approx_kl():
     lp = torch.tensor([[0.0, math.log(2.0), 5.0]])
     old = torch.zeros(1, 3)
     mask = torch.tensor([[1.0, 1.0, 0.0]])  # the masked token's huge ratio must not count
-    _, m = ppo_clip_loss(lp, old, torch.ones(1, 3), mask)
+    _, m = ppo_clip_loss(LossInputs(lp, old, torch.ones(1, 3), mask))
     assert m["ratio_max"].item() == pytest.approx(2.0)
     assert m["ratio_mean"].item() == pytest.approx(1.5)
     assert m["approx_kl"].item() == pytest.approx(-math.log(2.0) / 2)
@@ -208,7 +214,7 @@ def test_gspo_matches_the_hand_worked_example():
     lp, old, adv, mask = hand_worked_gspo_inputs()
     lp = lp.clone().requires_grad_(True)
     s1 = math.exp(-0.1)
-    loss, metrics = gspo_loss(lp, old, adv, mask, loss_agg_mode="seq-mean-token-mean")
+    loss, metrics = gspo_loss(LossInputs(lp, old, adv, mask, loss_agg_mode="seq-mean-token-mean"))
     # Row 0: max(-1.2214, -1.2) = -1.2 (clipped); row 1: max(0.9048, 0.9048) = 0.9048; mean over rows.
     assert loss.item() == pytest.approx((-1.2 + s1) / 2, rel=1e-12)
     loss.backward()
@@ -216,13 +222,13 @@ def test_gspo_matches_the_hand_worked_example():
     expected_grad = torch.tensor([[0.0, 0.0], [s1 / 2, 0.0]], dtype=torch.float64)
     assert torch.allclose(lp.grad, expected_grad, atol=1e-12)
     # Token-mean weighs row 0's two tokens twice: (2 * -1.2 + 0.9048) / 3.
-    token_mean, _ = gspo_loss(lp.detach(), old, adv, mask, loss_agg_mode="token-mean")
+    token_mean, _ = gspo_loss(LossInputs(lp.detach(), old, adv, mask, loss_agg_mode="token-mean"))
     assert token_mean.item() == pytest.approx((2 * -1.2 + s1) / 3, rel=1e-12)
     assert metrics["clipfrac"].item() == pytest.approx(2 / 3)  # row 0's two tokens of three
     assert metrics["ratio_max"].item() == pytest.approx(math.exp(0.2))
     assert metrics["approx_kl"].item() == pytest.approx(-(0.1 + 0.3 - 0.1) / 3)
     # PPO-clip on the same tokens is a different objective: token 0 of row 0 (ratio e^0.1) is not clipped.
-    ppo, _ = ppo_clip_loss(lp.detach(), old, adv, mask, loss_agg_mode="seq-mean-token-mean")
+    ppo, _ = ppo_clip_loss(LossInputs(lp.detach(), old, adv, mask, loss_agg_mode="seq-mean-token-mean"))
     assert ppo.item() == pytest.approx(((-math.exp(0.1) - 1.2) / 2 + s1) / 2, rel=1e-12)
 
 
@@ -234,13 +240,15 @@ def test_gspo_gradient_is_the_sequence_level_objectives():
     low, high = 0.05, 0.08
     ours = lp.clone().requires_grad_(True)
     loss, _ = gspo_loss(
-        ours,
-        old,
-        adv.expand_as(lp),
-        mask,
-        clip_ratio_low=low,
-        clip_ratio_high=high,
-        loss_agg_mode="seq-mean-token-mean",
+        LossInputs(
+            ours,
+            old,
+            adv.expand_as(lp),
+            mask,
+            clip_ratio_low=low,
+            clip_ratio_high=high,
+            loss_agg_mode="seq-mean-token-mean",
+        )
     )
     loss.backward()
 
@@ -261,7 +269,7 @@ def test_gspo_gradient_is_the_sequence_level_objectives():
 def test_gspo_refuses_dual_clip():
     lp, old, adv, mask = hand_worked_gspo_inputs()
     with pytest.raises(ValueError, match="actor.clip_ratio_c must be null with actor.policy_loss=gspo"):
-        gspo_loss(lp, old, adv, mask, clip_ratio_c=3.0)
+        gspo_loss(LossInputs(lp, old, adv, mask, clip_ratio_c=3.0))
 
 
 def test_registry_picks_losses_by_name_and_names_the_option():

@@ -85,13 +85,16 @@ def test_a_fresh_start_replaces_the_earlier_run_and_logs_no_step_twice(tmp_path,
     """resume=never on a finished run; and a run that stopped before its first checkpoint, run again."""
     finished(tmp_path, 12, checkpoint_at=12)
     (tmp_path / "final_model").mkdir()
+    (tmp_path / "logs").mkdir()
     assert start_point(trainer(tmp_path, resume="never")) is None
     clear_earlier_run(tmp_path)
     assert (
-        "replacing the earlier run's checkpoints, summary.json, final_model, metrics.jsonl"
+        "replacing the earlier run's checkpoints, summary.json, final_model, logs, metrics.jsonl"
         in capsys.readouterr().out
     )
-    assert not any((tmp_path / name).exists() for name in ("checkpoints", "summary.json", "final_model"))
+    assert not any(
+        (tmp_path / name).exists() for name in ("checkpoints", "summary.json", "final_model", "logs")
+    )
     tracker = Tracker(tmp_path, loggers=[], resume_from_step=None)
     tracker.log({"x": 100}, step=1)
     tracker.close()
