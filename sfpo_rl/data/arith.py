@@ -5,9 +5,10 @@
 
 Level L has L operations (level 1: one add/subtract of 1-9 on a start of at most 20; levels 2 and 3: two and
 three such steps from at most 30 and 50; level 4: four steps of up to 19 from at most 99, some doublings and
-triplings, values up to 999). The sizes are set so that the tiny warm-started model solves most level-1, some
-level-2/3 and few level-4 problems (see `sfpo_rl.tiny.warmstart.WarmStartConfig`). Train and validation never share a problem: a problem's split is fixed by
-a hash of its canonical form ("12+5-7"), whatever its wording. Records use the loader's format with
+triplings, values up to 999). The embedded default uses levels 2 and 3 (`DEFAULT_LEVELS`): arithmetic the tiny
+model learns to do reliably, and enough distinct problems for a large validation set (level 1 has only a few
+hundred). Train and validation never share a problem: a problem's split is fixed by a hash of its canonical
+form ("12+5-7"), whatever its wording. Records use the loader's format with
 data_source "arith"; `extra_info["solution"]` is the reference solution (the SFT target).
 """
 
@@ -25,6 +26,7 @@ from sfpo_rl.data.io import write_records
 DATA_SOURCE = "arith"
 SPLITS = ("train", "val")
 LEVELS = (1, 2, 3, 4)
+DEFAULT_LEVELS = (2, 3)
 NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Ivy", "Kim", "Max", "Ned", "Sam")
 ITEMS = ("apples", "books", "cards", "coins", "eggs", "pens", "shells", "stamps")
 ADD_PHRASES = ("gets {} more", "finds {} more", "buys {} more")
@@ -33,7 +35,8 @@ MUL_PHRASES = {2: "doubles them", 3: "triples them"}
 # Per level: largest start value, largest added / subtracted amount, may multiply.
 _LEVEL_LIMITS = {1: (20, 9, False), 2: (30, 9, False), 3: (50, 9, False), 4: (99, 19, True)}
 _MAX_VALUE = 999
-# Even the rarest level-1 problem (about 1 in 500 draws) turns up well within this many draws.
+# Draws of one level without a usable problem before it counts as exhausted: even the rarest level-1 problem
+# (about 1 in 500 draws) turns up well within this many.
 _MAX_MISSES = 20_000
 
 
@@ -86,7 +89,9 @@ def generate_split(
     val_fraction: float = 0.1,
 ) -> list[ArithProblem]:
     """`num_problems` problems of `split`, each level drawn uniformly from `levels` (repeat a level to weight
-    it). Validation problems are distinct; training problems may repeat (level 1 has only a few hundred)."""
+    it), then a problem of that level. Validation problems are distinct; training problems may repeat (level 1
+    has only a few hundred). Drawing the level first keeps the level mix of both splits the same even when a
+    level's validation problems start to run out."""
     if split not in SPLITS:
         raise ValueError(f"arith split must be one of {SPLITS}, got {split!r}")
     if not 0 < val_fraction < 1:
@@ -94,18 +99,17 @@ def generate_split(
     rng = random.Random(f"arith-{split}-{seed}")
     problems: list[ArithProblem] = []
     seen: set[str] = set()
-    misses = 0  # draws in a row that gave nothing usable: many means the levels have run out of problems
     while len(problems) < num_problems:
-        problem = generate_problem(rng, rng.choice(levels))
-        if split_of(problem.key, val_fraction) != split or (split == "val" and problem.key in seen):
-            misses += 1
-            if misses > _MAX_MISSES:
-                raise ValueError(
-                    f"cannot find {num_problems} distinct {split} problems at levels {tuple(levels)} "
-                    f"(found {len(problems)})"
-                )
-            continue
-        misses = 0
+        level = rng.choice(levels)
+        for _ in range(_MAX_MISSES):  # many misses in a row: this level has run out of problems
+            problem = generate_problem(rng, level)
+            if split_of(problem.key, val_fraction) == split and not (split == "val" and problem.key in seen):
+                break
+        else:
+            raise ValueError(
+                f"cannot find {num_problems} distinct {split} problems at levels {tuple(levels)}: level {level} "
+                f"ran out after {len(problems)} problems"
+            )
         seen.add(problem.key)
         problems.append(problem)
     return problems

@@ -98,24 +98,18 @@ def test_console_carries_no_third_party_noise(sfpo_run):
     assert f"Ray, vLLM and worker output: {logs}" in proc.stdout
 
 
-def test_rl_raises_accuracy_on_an_easy_setting(tmp_path, warmstart_cache):
-    """One-step problems only (level 1), where the warm-start is careless half the time: 6 SFPO steps of the
-    default recipe must lift both training and held-out accuracy clearly (measured: 19% -> 47% held-out)."""
-    (warm,) = warmstart_cache.glob("warmstart-*")
-    for split in ("train", "val"):
-        rows = [json.loads(line) for line in (warm / f"{split}.jsonl").read_text().splitlines()]
-        easy = [json.dumps(r) for r in rows if r["extra_info"]["level"] == 1]
-        (tmp_path / f"{split}.jsonl").write_text("\n".join(easy) + "\n")
+def test_the_default_recipe_lifts_validation_accuracy(tmp_path, warmstart_cache):
+    """The embedded default (SFPO at its defaults on the built-in task and warm-start), shortened to 8 steps and
+    validated on 256 held-out problems (about +-2.5 points standard error): accuracy must rise clearly."""
     proc = run(
         [
             *TRAIN,
             f"trainer.run_dir={tmp_path / 'run'}",
-            f"model.path={warm}",
-            f"data.train_files=[{tmp_path / 'train.jsonl'}]",
-            f"data.val_files=[{tmp_path / 'val.jsonl'}]",
+            f"model.cache_dir={warmstart_cache}",
+            "data.val_max_samples=256",
             "trainer.logger=[console]",
-            "trainer.total_steps=6",
-            "trainer.val_every=6",
+            "trainer.total_steps=8",
+            "trainer.val_every=8",
             "trainer.save_every=0",
             "trainer.export_hf=false",
         ]
@@ -125,6 +119,7 @@ def test_rl_raises_accuracy_on_an_easy_setting(tmp_path, warmstart_cache):
     train_acc = [r["reward/acc"] for r in rows[1:]]
     assert sum(train_acc[-3:]) / 3 > train_acc[0] + 0.1, train_acc
     assert rows[-1]["val/acc"] > rows[0]["val/acc"] + 0.1, (rows[0]["val/acc"], rows[-1]["val/acc"])
+    assert (tmp_path / "run" / "learning_curve.png").is_file() and "learning curve:" in proc.stdout
 
 
 def test_killed_run_resumes_and_matches_the_uninterrupted_run(tmp_path, warmstart_cache, sfpo_run):

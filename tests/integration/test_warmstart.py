@@ -1,5 +1,5 @@
 """The embedded default's starting policy: deterministic and cached, its data fits the default's lengths, it
-loads in transformers and vLLM, and its validation accuracy is inside the band RL needs (some, not most)."""
+loads in transformers and vLLM, and it solves some validation problems while it could solve most."""
 
 from __future__ import annotations
 
@@ -74,16 +74,14 @@ def test_data_fits_the_default_lengths(model_dir):
 
 
 @pytest.mark.slow
-def test_validation_accuracy_is_in_the_target_band(model_dir):
-    """Greedy (the default's validation) solves some but not most problems; sampling at T=1 (the rollout)
-    solves a useful share, more often on easy levels than on hard ones."""
-    greedy = sample_accuracy(model_dir, model_dir / "val.jsonl", temperature=0.0, max_new_tokens=R)
+def test_the_policy_can_do_more_than_it_does(model_dir):
+    """Sampling at T=1 (rollouts and validation), the warm-started policy usually stops one step early, yet is
+    almost always right when it finishes: a large, learnable gap between what it does and what it can do."""
     sampled = sample_accuracy(model_dir, model_dir / "val.jsonl", temperature=1.0, max_new_tokens=R, seed=1)
-    print(f"\nwarm-start validation accuracy: greedy {greedy}, T=1 {sampled}")
-    assert 0.10 <= greedy["acc"] <= 0.40
-    assert sampled["acc"] >= 0.05
-    assert greedy["acc_level1"] > greedy["acc_level4"]
-    assert sampled["acc_level1"] > sampled["acc_level4"]
+    print(f"\nwarm-start validation accuracy at T=1: {sampled}")
+    assert 0.15 <= sampled["acc"] <= 0.45
+    assert sampled["finished"] <= 0.5
+    assert sampled["acc_if_finished"] >= 0.9
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ STEP = re.compile(r"(\d+)([-+*])(\d+)=(\d+)\.")
 
 @pytest.fixture(scope="module")
 def splits():
-    return {split: arith.generate_split(split, n, seed=0) for split, n in (("train", 4000), ("val", 400))}
+    # Level 1 has only 26 validation problems: 80 over four levels needs about 20 of them.
+    return {split: arith.generate_split(split, n, seed=0) for split, n in (("train", 4000), ("val", 80))}
 
 
 def test_generation_is_deterministic_per_seed():
@@ -33,7 +34,7 @@ def test_train_and_val_never_share_a_problem(splits):
     assert not train_keys & set(val_keys)
     assert len(set(val_keys)) == len(val_keys)  # validation problems are distinct
     # The split follows the problem, not the seed: other seeds' validation problems are not in this training set.
-    assert not train_keys & {p.key for p in arith.generate_split("val", 400, seed=1)}
+    assert not train_keys & {p.key for p in arith.generate_split("val", 400, seed=1, levels=(2, 3))}
     # Every level is present in both splits.
     for split in splits.values():
         assert {p.level for p in split} == set(arith.LEVELS)
@@ -80,8 +81,22 @@ def test_levels_can_be_weighted_and_are_checked():
         arith.generate_split("test", 5)
     with pytest.raises(ValueError, match="val_fraction"):
         arith.generate_split("val", 5, val_fraction=1.5)
-    with pytest.raises(ValueError, match="cannot find 100000 distinct val problems at levels \\(1,\\)"):
-        arith.generate_split("val", 100_000, levels=(1,))
+    with pytest.raises(
+        ValueError, match=r"cannot find 100 distinct val problems at levels \(1,\): level 1 ran out"
+    ):
+        arith.generate_split("val", 100, levels=(1,))
+
+
+def test_validation_keeps_the_training_level_mix_when_a_level_runs_short():
+    # The default levels' validation set: level 2 has about 940 validation problems, so distinctness bites.
+    val = arith.generate_split("val", 1024, seed=0, levels=arith.DEFAULT_LEVELS)
+    train = arith.generate_split("train", 4000, seed=0, levels=arith.DEFAULT_LEVELS)
+    share = {
+        name: sum(p.level == 2 for p in split) / len(split)
+        for name, split in (("val", val), ("train", train))
+    }
+    assert abs(share["val"] - 0.5) < 0.04 and abs(share["train"] - 0.5) < 0.03, share
+    assert len({p.key for p in val}) == 1024
 
 
 def test_written_files_use_the_loader_format(tmp_path):

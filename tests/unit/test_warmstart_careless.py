@@ -5,7 +5,7 @@ import random
 import pytest
 
 from sfpo_rl.data.arith import generate_problem
-from sfpo_rl.tiny.warmstart import careless_solution, code_fingerprint
+from sfpo_rl.tiny.warmstart import careless_solution, code_fingerprint, finishing
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,14 @@ def test_code_fingerprint_ignores_comments_and_docstrings_only():
     base = 'def f(x):\n    """Doc."""\n    return x + 1  # add one\n'
     assert code_fingerprint(base) == code_fingerprint('def f(x):\n    """Other doc."""\n    return x + 1\n')
     assert code_fingerprint(base) != code_fingerprint('def f(x):\n    """Doc."""\n    return x + 2\n')
+
+
+def test_finishing_counts_responses_that_work_every_step_and_their_accuracy():
+    responses = [
+        "12+5=17. 17-7=10. \\boxed{10}",
+        "12+5=17. \\boxed{17}",
+        "3+4=8. 8-1=7. \\boxed{7}",
+        "\\boxed{9}",
+    ]
+    stats = finishing(responses, levels=[2, 2, 2, 1], accs=[1.0, 0.0, 0.0, 1.0])
+    assert stats == {"finished": 0.5, "acc_if_finished": 0.5}  # the 1st and 3rd finish; only the 1st is right
