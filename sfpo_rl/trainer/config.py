@@ -163,8 +163,8 @@ class TrainerConfig:
     logger: list[str] = field(default_factory=lambda: ["console", "tensorboard"])  # JSONL is always written
     seed: int = 0
     export_hf: bool = True  # write the final policy as an HF model to run_dir/final_model
-    # Show third-party output (Ray, vLLM, model-loading progress) on the console; otherwise it goes only to
-    # run_dir/train.log.
+    # Show third-party output (Ray, vLLM, model-loading progress, the workers' own logs) on the console;
+    # otherwise it goes only to run_dir/logs/.
     verbose: bool = False
     # Stop the run after this many steps in a row whose update met a non-finite loss or gradient (each such
     # update is skipped: no NaN reaches the weights).
