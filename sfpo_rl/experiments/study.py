@@ -45,7 +45,7 @@ ARMS = (
     Arm("grpo_x8", ("algorithm=grpo", "actor.ppo_epochs=8"), 3, description="GRPO, 8 passes per batch"),
 )
 ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
-# Log-spaced over 10x around the embedded default's 1e-4... see PROTOCOL.md; fixed before any study run.
+# Log-spaced over 10x, ending at the embedded default's 1e-4 (results/compare/PROTOCOL.md).
 LEARNING_RATES = (1e-5, 3e-5, 1e-4)
 BASELINE = "grpo"
 
@@ -71,14 +71,15 @@ class Run:
 
 def plan(arms=ARMS, learning_rates=LEARNING_RATES, max_seeds: int | None = None) -> list[Run]:
     """Every run of the study, ordered so that an interrupted study is still balanced: seed by seed, each
-    seed's runs over all arms and learning rates before the next seed starts."""
+    seed's runs over all arms and learning rates before the next seed starts (the largest lr, the embedded
+    default's, first)."""
     most = max(arm.seeds for arm in arms)
     if max_seeds is not None:
         most = min(most, max_seeds)
     return [
         Run(arm, lr, seed)
         for seed in range(most)
-        for lr in learning_rates
+        for lr in sorted(learning_rates, reverse=True)
         for arm in arms
         if seed < arm.seeds
     ]

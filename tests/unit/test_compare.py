@@ -137,6 +137,7 @@ def test_summary_compares_with_grpo_matched_and_at_best_lrs():
 def test_plan_is_balanced_seed_by_seed_and_gives_the_headline_pair_five_seeds():
     runs = plan()
     assert len(runs) == len({r.name for r in runs}) == 3 * (5 + 5 + 4 * 3)
+    assert runs[0].lr == 1e-4  # the embedded default's lr first
     first_seed_block = runs[: 3 * len(ARMS)]
     assert {r.seed for r in first_seed_block} == {0}
     assert [r.seed for r in runs] == sorted(r.seed for r in runs)
