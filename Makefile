@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfpo-installed-$(HARDWARE)
 ARGS ?=
 
-.PHONY: setup train test test-fast lint bench clean
+.PHONY: setup train test test-fast lint bench compare clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m sfpo_rl.bench --quick $(ARGS)
+
+# The GRPO-vs-SFPO study (results/compare/PROTOCOL.md): hours on 2 cores; resumable, re-run to continue.
+compare: setup
+	$(PY) -m sfpo_rl.experiments.compare $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check sfpo_rl tests recipes
