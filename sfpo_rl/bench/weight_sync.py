@@ -77,7 +77,7 @@ def measure(model_dir: Path, repeats: int) -> dict[str, Any]:
 
     from sfpo_rl.controller import RayWorkerGroup, ResourcePool
     from sfpo_rl.trainer.workers import WorkerGroups
-    from sfpo_rl.workers.actor import ActorWorker
+    from sfpo_rl.workers.actor_worker import ActorWorker
     from sfpo_rl.workers.rollout import RolloutWorker
 
     tag = model_dir.parent.name

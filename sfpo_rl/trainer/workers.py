@@ -1,9 +1,17 @@
-"""The worker groups the driver talks to, placed in separate resource pools: actor (FSDP ranks), rollout
-(vLLM engines), reward (verifiers) and, only when a KL term is on, a frozen reference policy.
+"""The worker groups the driver talks to: actor (FSDP ranks), rollout (vLLM engines), reward (verifiers) and,
+only when a KL term is on, a frozen reference policy, placed as `resources.placement` says.
 
-Rollout, reward and reference workers hold nothing that the model directory and the actor's current weights
-cannot give back, so a group whose worker died or hung can be rebuilt in place (`restart`); the actor's state
-lives only in its ranks and comes back from a checkpoint instead.
+- colocated (the hybrid engine): one process per actor rank hosts the actor, the reference policy (if any)
+  and a vLLM engine (`RayWorkerGroup.colocated`); generation is data-parallel over the ranks. The driver
+  switches the processes between generation and training (`to_generation` / `to_training`): on GPU the engine
+  sleeps while the actor works and the actor's optimizer state may wait in host memory while the engine
+  generates. Weights go from each rank's shards to its own engine, one bucket at a time.
+- split: each role in its own processes (on GPU, its own GPUs); weights go from actor rank 0 to the engines
+  one bucket at a time through Ray's object store, each loaded before the next is gathered.
+
+Workers that hold nothing the model directory and the actor's current weights cannot give back (reward, and
+with split placement rollout and reference) can be rebuilt in place after a death or hang (`restart`); the
+actor's state, and with it everything colocated with it, comes back from a checkpoint instead.
 """
 
 from __future__ import annotations
@@ -11,21 +19,24 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sfpo_rl.algorithms.sfpo import StepPlan
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.config import RunConfig
-from sfpo_rl.workers.actor import ActorWorker
+from sfpo_rl.workers.actor_worker import ActorWorker
+from sfpo_rl.workers.colocated import ColocatedRolloutWorker
 from sfpo_rl.workers.reference import ReferenceWorker
 from sfpo_rl.workers.reward import RewardWorker
 from sfpo_rl.workers.rollout import RolloutWorker
 from sfpo_rl.workers.update_result import UpdateResult
 
-RESTARTABLE_ROLES = ("rollout", "reward", "ref")
 WORKERS_FILE = "workers.json"
+GENERATION, TRAINING = "generation", "training"
+SYNC_TOTALS = ("load_weights_s", "load_weights_mb", "load_weights_tensors")
 
 
 @dataclass
@@ -35,25 +46,67 @@ class WorkerGroups:
     reward: RayWorkerGroup
     ref: RayWorkerGroup | None = None
     build: Callable[[str], RayWorkerGroup] | None = None  # a fresh group for a role (see `restart`)
+    colocated: bool = False  # rollout (and ref) share the actor's processes
+    sync_bucket_mb: float = 512.0
+    sync_dtype: str | None = None  # the engines' dtype; None: as the actor holds the weights
+    _phase: str | None = field(default=None, repr=False)
+
+    @property
+    def restartable_roles(self) -> tuple[str, ...]:
+        """Roles whose dead or hung workers can be replaced: not the actor, nor what shares its processes."""
+        return ("reward",) if self.colocated else ("rollout", "reward", "ref")
+
+    def to_generation(self) -> None:
+        """Before generating: colocated engines wake (the optimizer state may move out first). Idempotent."""
+        if self.colocated and self._phase != GENERATION:
+            self.rollout.prepare_generation()
+        self._phase = GENERATION
+
+    def to_training(self) -> None:
+        """Before actor or reference work: colocated engines sleep, the optimizer state comes back."""
+        if self.colocated and self._phase != TRAINING:
+            self.rollout.prepare_training()
+        self._phase = TRAINING
+
+    def generate(self, prompts: Batch, **kwargs) -> Batch:
+        """Rollouts of the current policy from every engine (`RolloutWorker.generate`'s options)."""
+        self.to_generation()
+        return self.rollout.generate(prompts, **kwargs)
 
     def sync_weights(self) -> dict[str, float]:
-        """Push the actor's full weights into every rollout engine; the weights go from actor rank 0 to the
-        engines through Ray's object store without passing through the driver."""
-        weights = self.actor.state_dict_for_rollout.future()
-        stats = self.rollout.load_weights(weights.rank0_ref())
-        weights.get()  # surfaces an actor-side failure by name
-        return {f"sync/{k}": v for k, v in stats[0].items()}
+        """Stream the actor's weights into every engine, one bucket of whole layers at a time."""
+        if self.colocated:
+            stats = self.rollout.sync_weights()[0]  # every rank loads its own engine; rank 0's figures
+        else:
+            stats = self._send_buckets()
+        stats["load_weights_mb_per_s"] = stats["load_weights_mb"] / max(stats["load_weights_s"], 1e-9)
+        return {f"sync/{k}": v for k, v in stats.items()}
+
+    def _send_buckets(self) -> dict[str, float]:
+        """Split placement: bucket i goes from actor rank 0 to the engines through the object store (never
+        the driver) and is loaded before bucket i + 1 is gathered."""
+        totals = dict.fromkeys(SYNC_TOTALS, 0.0)
+        index, count = 0, 1
+        while index < count:
+            bucket = self.actor.weight_bucket.future(index, self.sync_bucket_mb, self.sync_dtype)
+            stats = self.rollout.load_bucket(bucket.rank0_ref())[0]
+            bucket.get()  # surfaces an actor-side failure by name
+            for key in SYNC_TOTALS:
+                totals[key] += stats[key]
+            index, count = index + 1, int(stats["buckets"])
+        return {**totals, "buckets": float(count)}
 
     def update_actor(self, batch: Batch, plan: StepPlan) -> UpdateResult:
         """One SFPO or plain update, as `plan` says; every rank returns the same reduced result."""
+        self.to_training()
         if plan.sfpo:
             return self.actor.sfpo_update(batch, plan.inner_steps, plan.alpha)[0]
         return self.actor.update(batch)[0]
 
     def restart(self, role: str) -> None:
-        """Replace the `role` group (one of RESTARTABLE_ROLES) by a fresh one; new rollout engines get the
+        """Replace the `role` group (one of `restartable_roles`) by a fresh one; new rollout engines get the
         actor's current weights."""
-        if role not in RESTARTABLE_ROLES or self.build is None:
+        if role not in self.restartable_roles or self.build is None:
             raise ValueError(f"the {role} worker group cannot be restarted")
         getattr(self, role).shutdown()
         setattr(self, role, self.build(role))
@@ -65,7 +118,7 @@ class WorkerGroups:
 
     def write_pids(self, run_dir: Path) -> None:
         """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection
-        tests); rewritten after a restart."""
+        tests); rewritten after a restart. Colocated roles list the same processes."""
         path = Path(run_dir) / WORKERS_FILE
         tmp = path.with_name(f".{WORKERS_FILE}.tmp")
         tmp.write_text(json.dumps({g.role: g.worker_info for g in self.all()}, indent=1) + "\n")
@@ -77,15 +130,19 @@ class WorkerGroups:
 
 
 def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
+    """Every group of the run, started concurrently (their processes load models and engines side by side)."""
     res, trainer = config.resources, config.trainer
     use_gpu = trainer.n_gpus_per_node > 0
     nodes = [res.actor_ranks_per_node] * trainer.nnodes
+    specs = {
+        "actor": (ActorWorker, (model_path, config.actor)),
+        "ref": (ReferenceWorker, (model_path, config.actor)),
+    }
 
     def build(role: str) -> RayWorkerGroup:
-        if role in ("actor", "ref"):
-            pool = ResourcePool(nodes, use_gpu=use_gpu, name=role)
-            worker = ActorWorker if role == "actor" else ReferenceWorker
-            group = RayWorkerGroup(pool, worker, role, model_path, config.actor)
+        """One role in its own pool (split placement; the reward group always)."""
+        if role in specs:
+            group = RayWorkerGroup(ResourcePool(nodes, use_gpu=use_gpu, name=role), specs[role][0], role, *specs[role][1])
         elif role == "rollout":
             pool = ResourcePool(
                 [res.rollout_workers_per_node] * trainer.nnodes,
@@ -97,23 +154,74 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
         else:
             pool = ResourcePool([res.reward_workers], use_gpu=False, name=role)
             group = RayWorkerGroup(pool, RewardWorker, role, model_path, config.reward)
-        group.call_timeout_s = trainer.worker_timeout_s or None
-        print(f"[sfpo_rl] placement: {describe_placement(group)}", flush=True)
-        return group
+        return _ready(group, config)
 
+    def build_colocated() -> dict[str, RayWorkerGroup]:
+        """Actor, reference (if any) and rollout in one process per actor rank: the actor first, so the engine
+        starts in its process group and sizes its memory around the actor's weights."""
+        roles = {"actor": specs["actor"], **({"ref": specs["ref"]} if config.uses_ref else {})}
+        roles["rollout"] = (
+            ColocatedRolloutWorker,
+            (model_path, config.rollout),
+            {"offload_optimizer": res.offload_optimizer},
+        )
+        groups = RayWorkerGroup.colocated(ResourcePool(nodes, use_gpu=use_gpu, name="colocated"), roles)
+        return {role: _ready(group, config) for role, group in groups.items()}
+
+    jobs: dict[str, Callable[[], dict[str, RayWorkerGroup]]] = {"reward": lambda: {"reward": build("reward")}}
+    if res.colocated:
+        jobs["colocated"] = build_colocated
+    else:
+        for role in ("actor", "rollout", *(("ref",) if config.uses_ref else ())):
+            jobs[role] = lambda role=role: {role: build(role)}
+    groups = _start_concurrently(jobs)
+    for line in describe_placement(list(groups.values())):
+        print(f"[sfpo_rl] placement: {line}", flush=True)
     return WorkerGroups(
-        actor=build("actor"),
-        rollout=build("rollout"),
-        reward=build("reward"),
-        ref=build("ref") if config.uses_ref else None,
+        **groups,
         build=build,
+        colocated=res.colocated,
+        sync_bucket_mb=config.rollout.sync_bucket_mb,
+        sync_dtype=None if config.rollout.dtype == "auto" else config.rollout.dtype,
     )
 
 
-def describe_placement(group: RayWorkerGroup) -> str:
-    """Which ranks run on which Ray node, e.g. `actor: node 10.0.0.1/6b1f2c3d ranks [0, 1]; node ...`."""
-    by_node: dict[tuple[str, str], list[int]] = {}
-    for rank, info in enumerate(group.worker_info):
-        by_node.setdefault((info["ip"], info["node_id"][:8]), []).append(rank)
-    nodes = "; ".join(f"node {ip}/{node} ranks {ranks}" for (ip, node), ranks in by_node.items())
-    return f"{group.role}: {nodes}"
+def _ready(group: RayWorkerGroup, config: RunConfig) -> RayWorkerGroup:
+    group.call_timeout_s = config.trainer.worker_timeout_s or None
+    return group
+
+
+def _start_concurrently(jobs: dict[str, Callable[[], dict[str, RayWorkerGroup]]]) -> dict[str, RayWorkerGroup]:
+    """Run each job (it starts groups and waits for them) in its own thread; if any fails, shut down the
+    groups the others started and raise the first failure."""
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs.values()]
+    groups, errors = {}, []
+    for future in futures:
+        try:
+            groups.update(future.result())
+        except BaseException as exc:  # re-raised below once every started group is down
+            errors.append(exc)
+    if errors:
+        for group in groups.values():
+            group.shutdown()
+        raise errors[0]
+    return groups
+
+
+def describe_placement(groups: list[RayWorkerGroup]) -> list[str]:
+    """Which ranks of which roles run on which Ray node, one line per set of processes, e.g.
+    `actor+rollout: node 10.0.0.1/6b1f2c3d ranks [0, 1]` (colocated roles share a line)."""
+    by_processes: dict[tuple, list[str]] = {}
+    for group in groups:
+        pids = tuple(info["pid"] for info in group.worker_info)
+        by_processes.setdefault(pids, []).append(group.role)
+    lines = []
+    for roles in by_processes.values():
+        group = next(g for g in groups if g.role == roles[0])
+        by_node: dict[tuple[str, str], list[int]] = {}
+        for rank, info in enumerate(group.worker_info):
+            by_node.setdefault((info["ip"], info["node_id"][:8]), []).append(rank)
+        nodes = "; ".join(f"node {ip}/{node} ranks {ranks}" for (ip, node), ranks in by_node.items())
+        lines.append(f"{'+'.join(roles)}: {nodes}")
+    return lines

@@ -2,18 +2,24 @@
 
 `FSDPPolicy` is one rank of a sharded causal LM that only computes log-probs (the frozen reference policy uses
 it as it is: no gradients, optimizer or schedule); `FSDPActor` adds the updates, with the policy loss chosen by
-`actor.policy_loss` from the registry in `sfpo_rl.algorithms.policy_loss`. Both are usable without Ray inside
-any initialised torch.distributed process group (one object per rank, each called with its own rows);
-`ActorWorker` is the actor's thin Ray shell. An update returns an `UpdateResult`.
+`actor.policy_loss` from the registry in `sfpo_rl.algorithms.policy_loss`. Both are usable without Ray, vLLM
+or Hydra inside any initialised torch.distributed process group (one object per rank, each called with its
+own rows); their Ray shells are in `sfpo_rl.workers.actor_worker`. An update returns an `UpdateResult`.
 
 Batches: every rank gets a contiguous chunk of the global batch (the worker group's DP_SPLIT). A mini-batch is
 `ppo_mini_batch_size / world_size` consecutive rows of each rank's chunk, so global mini-batch j is the union of
 the ranks' j-th local mini-batches (with `shuffle_mini_batches`, of their j-th local permuted mini-batches).
 
+No wasted work: a micro-batch holds rows of similar length up to `actor.max_tokens_per_micro_batch` tokens
+(`sfpo_rl.algorithms.micro_batches`; `micro_batch_size_per_gpu` gives fixed-count micro-batches instead), a
+padded forward cuts the columns that are padding in every row, a packed forward has no padding at all
+(`sfpo_rl.algorithms.packing`), and gradients are reduce-scattered once per mini-batch, after its last
+micro-batch (FSDP2's `set_requires_gradient_sync`).
+
 Loss scale: the loss of a micro-batch is its share of the whole mini-batch loss (normalised by the mini-batch's
 GLOBAL token or sequence count, summed over ranks with all_reduce) times world_size, because FSDP averages
 gradients over ranks. So the accumulated gradient equals that of one full-mini-batch loss in one process,
-whatever the micro-batch sizes and however tokens fall across ranks.
+whatever the micro-batches and however tokens fall across ranks.
 
 SFPO: the slow copy is a snapshot of this rank's local shards only (optionally in host memory), the
 fast trajectory runs the ordinary update loop K times in place, and the reposition is in place on the local
@@ -31,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,15 +50,23 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
+from sfpo_rl.algorithms.micro_batches import (
+    fixed_micro_batches,
+    micro_batch_cost,
+    plan_micro_batches,
+    row_lengths,
+)
+from sfpo_rl.algorithms.packing import pack
 from sfpo_rl.algorithms.policy_loss import LossInputs, get_policy_loss
 from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, restore_, snapshot_
-from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
 from sfpo_rl.workers import checkpoint
 from sfpo_rl.workers.actor_config import ActorConfig
 from sfpo_rl.workers.fsdp_utils import (
     DTYPES,
+    all_reduce_max,
     all_reduce_sum,
+    attention_implementation,
     default_device,
     local_shards,
     shard_model,
@@ -60,7 +74,7 @@ from sfpo_rl.workers.fsdp_utils import (
 from sfpo_rl.workers.optim import build_optimizer, build_scheduler
 from sfpo_rl.workers.update_result import FastTrajectory, UpdateResult
 
-__all__ = ["ActorConfig", "ActorWorker", "FSDPActor", "FSDPPolicy", "UpdateResult"]
+__all__ = ["ActorConfig", "FSDPActor", "FSDPPolicy", "UpdateResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +84,8 @@ UPDATE_KEYS = (*FORWARD_KEYS, "response_mask", "old_log_probs", "advantages")
 # Per-pass sums reduced over ranks in one all_reduce: loss terms (already global-normalised partial sums),
 # token-weighted sums of the loss function's token-mean diagnostics, and the token count that weights them.
 _SUM_KEYS = ("pg_loss", "kl_loss", "entropy", "clipfrac", "approx_kl", "ratio_mean", "tokens")
+# Attention implementations that run packed sequences without padding (transformers' varlen path).
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
 class PassResult(NamedTuple):
@@ -109,31 +125,57 @@ class FSDPPolicy:
         for name, value in vars(hf_config).items():
             if "dropout" in name and isinstance(value, float):
                 setattr(hf_config, name, 0.0)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, config=hf_config, dtype=torch.float32)
+        param_dtype = DTYPES["bfloat16" if self.device.type == "cuda" else "float32"]
+        if cfg.param_dtype != "auto":
+            param_dtype = DTYPES[cfg.param_dtype]
+        attention = attention_implementation(self.device, param_dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path,
+            config=hf_config,
+            dtype=torch.float32,
+            **({"attn_implementation": attention} if attention else {}),
+        )
         model.config.use_cache = False
+        self.packed = cfg.forward_layout == "packed" or (
+            cfg.forward_layout == "auto" and model.config._attn_implementation in VARLEN_ATTENTION
+        )
         if not trainable:
             model.requires_grad_(False)
         elif cfg.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        param_dtype = DTYPES["bfloat16" if self.device.type == "cuda" else "float32"]
-        if cfg.param_dtype != "auto":
-            param_dtype = DTYPES[cfg.param_dtype]
         reduce_dtype = DTYPES[cfg.reduce_dtype]
         mp_policy = None
         if (param_dtype, reduce_dtype) != (torch.float32, torch.float32):
             mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
         shard_model(model, self.device, mp_policy)
         self.model = model
+        self._warned_over_budget = False
 
     # ------------------------------------------------------------------ forward
     def _forward(
         self, micro: Batch, temperature: float, entropy_grad: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs and entropies [b, R] of the response tokens under logits / temperature.
+        """Log-probs and entropies [b, R] of the response tokens under logits / temperature; 0 where the
+        forward computed nothing (padding)."""
+        logits, labels, unpack = (self._packed_logits if self.packed else self._padded_logits)(micro)
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        log_probs = log_probs_from_logits(logits, labels)
+        if entropy_grad:
+            entropy = entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits.detach())
+        return unpack(log_probs), unpack(entropy)
+
+    def _padded_logits(self, micro: Batch) -> tuple[torch.Tensor, torch.Tensor, Callable]:
+        """Logits [b, kept, V] predicting the first `kept` response columns, their labels, and how to pad a
+        [b, kept] result back to [b, R].
 
         Columns that are padding in every row of the micro-batch are cut before the forward: leading prompt
         padding (real tokens never attend to it and positions come from position_ids) and trailing response
-        padding (its outputs are masked everywhere). The cut positions come back as 0.
+        padding (its outputs are masked everywhere).
         """
         input_ids, attention_mask, responses = (micro[k] for k in FORWARD_KEYS)
         position_ids = micro["position_ids"] if "position_ids" in micro else _position_ids(attention_mask)
@@ -151,17 +193,21 @@ class FSDPPolicy:
             use_cache=False,
             logits_to_keep=kept + 1,  # position t predicts token t + 1: prompt_len-1 .. end-2 are needed
         ).logits[:, :-1]
-        logits = logits.float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        log_probs = log_probs_from_logits(logits, responses[:, :kept])
-        if entropy_grad:
-            entropy = entropy_from_logits(logits)
-        else:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
-        pad = (0, resp_len - kept)
-        return F.pad(log_probs, pad), F.pad(entropy, pad)
+        return logits, responses[:, :kept], lambda x: F.pad(x, (0, resp_len - kept))
+
+    def _packed_logits(self, micro: Batch) -> tuple[torch.Tensor, torch.Tensor, Callable]:
+        """Logits [K, V] of a padding-free forward at the K positions that predict real response tokens, their
+        labels, and how to scatter a [K] result back to [b, R]."""
+        input_ids, attention_mask, responses = (micro[k] for k in FORWARD_KEYS)
+        position_ids = micro["position_ids"] if "position_ids" in micro else _position_ids(attention_mask)
+        layout = pack(input_ids, attention_mask, position_ids, responses.shape[1])
+        logits = self.model(
+            input_ids=layout.input_ids,
+            position_ids=layout.position_ids,
+            use_cache=False,
+            logits_to_keep=layout.predict_index,
+        ).logits[0]
+        return logits, layout.labels, lambda x: layout.unpack(x, len(micro), responses.shape[1])
 
     def _dummy_forward(self) -> None:
         """A one-token forward that takes part in FSDP's collectives for a rank with fewer micro-batches."""
@@ -176,21 +222,48 @@ class FSDPPolicy:
         return temperature
 
     # ------------------------------------------------------------------ log-probs
+    def _micro_batches(
+        self, data: Batch, rows_per_micro_batch: int | None, same_count_on_all_ranks: bool
+    ) -> list[torch.Tensor]:
+        """Row indices of each micro-batch of this rank's `data`: fixed-count with `rows_per_micro_batch`, else
+        by the token budget. `same_count_on_all_ranks` (collective) splits micro-batches until every rank has as
+        many as the busiest one."""
+        if rows_per_micro_batch is not None:
+            groups = fixed_micro_batches(len(data), rows_per_micro_batch)
+        else:
+            lengths = row_lengths(data["attention_mask"], data["responses"].shape[1])
+            budget = self.config.max_tokens_per_micro_batch
+            groups = plan_micro_batches(*lengths, budget, self.packed)
+            if same_count_on_all_ranks:
+                count = int(all_reduce_max(len(groups), self.device))
+                if count > len(groups):
+                    groups = plan_micro_batches(*lengths, budget, self.packed, min_count=count)
+            over = [g for g in groups if len(g) == 1 and micro_batch_cost(*lengths, g, self.packed) > budget]
+            if over and not self._warned_over_budget:
+                self._warned_over_budget = True
+                logger.warning(
+                    "actor: a row of %d tokens exceeds actor.max_tokens_per_micro_batch=%d; such rows run alone",
+                    micro_batch_cost(*lengths, over[0], self.packed),
+                    budget,
+                )
+        return [torch.tensor(g, dtype=torch.long) for g in groups]
+
     @torch.no_grad()
     def compute_log_prob(self, batch: Batch) -> Batch:
-        """`old_log_probs` and `entropy` [B, R] of this rank's rows (0 beyond each micro-batch's last token)."""
+        """`old_log_probs` and `entropy` [B, R] of this rank's rows (0 where the forward computed nothing)."""
         temperature = self._temperature(batch)
         columns = [k for k in (*FORWARD_KEYS, "position_ids") if k in batch.tensors]
         data = batch.select(keys=columns, non_tensor_keys=[]).to(self.device)
-        micro_batches = data.split_by_size(self.config.log_prob_micro_batch_size) if len(data) else []
+        groups = self._micro_batches(
+            data, self.config.log_prob_micro_batch_size, same_count_on_all_ranks=False
+        )
         # Every rank must run as many forwards as the busiest one (each forward all-gathers parameters).
-        counts = torch.tensor([len(micro_batches)], device=self.device)
-        dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        count = int(all_reduce_max(len(groups), self.device))
         self.model.eval()
         log_probs, entropies = [], []
-        for i in range(int(counts.item())):
-            if i < len(micro_batches):
-                lp, ent = self._forward(micro_batches[i], temperature, entropy_grad=False)
+        for i in range(count):
+            if i < len(groups):
+                lp, ent = self._forward(data[groups[i]], temperature, entropy_grad=False)
                 log_probs.append(lp)
                 entropies.append(ent)
             else:
@@ -198,12 +271,17 @@ class FSDPPolicy:
         # Without a backward the root module keeps its gathered parameters; free them (and never let a later
         # in-place change of the shards meet a stale gathered copy).
         self.model.reshard()
-        resp_len = batch["responses"].shape[1]
-        empty = torch.zeros(0, resp_len, device=self.device)
+        if not groups:
+            empty = torch.zeros(0, batch["responses"].shape[1])
+            return Batch.from_dict({"old_log_probs": empty, "entropy": empty.clone()})
+        # Back to the rows' own order (token-budget micro-batches group rows by length).
+        order = torch.cat(groups).to(self.device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=self.device)
         return Batch.from_dict(
             {
-                "old_log_probs": torch.cat(log_probs).cpu() if log_probs else empty.cpu(),
-                "entropy": torch.cat(entropies).cpu() if entropies else empty.cpu(),
+                "old_log_probs": torch.cat(log_probs)[inverse].cpu(),
+                "entropy": torch.cat(entropies)[inverse].cpu(),
             }
         )
 
@@ -371,9 +449,32 @@ class FSDPActor(FSDPPolicy):
     def _optimizer_step(
         self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
     ) -> float:
-        """Accumulate the mini-batch's gradient over micro-batches, clip, step. Returns the global grad norm, NaN
-        when the loss was non-finite on any rank; a non-finite result skips the step (gradients dropped,
-        parameters and Adam state untouched)."""
+        """Accumulate the mini-batch's gradient, clip, step. Returns the global grad norm, NaN when the loss was
+        non-finite on any rank; a non-finite result skips the step (gradients dropped, parameters and Adam
+        state untouched)."""
+        cfg = self.config
+        nonfinite_loss = self._backward_mini_batch(mini, temperature, sums, ratio_max, poison)
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm.item())
+        dist.all_reduce(nonfinite_loss, op=dist.ReduceOp.MAX)
+        if nonfinite_loss.item():
+            grad_norm = math.nan
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            logger.warning("actor: non-finite loss or gradient norm; optimizer step skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _backward_mini_batch(
+        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
+    ) -> torch.Tensor:
+        """Backward of the mini-batch's loss, micro-batch by micro-batch, leaving its gradient (reduced over
+        ranks) in the parameters' .grad; adds the metric terms to `sums` and `ratio_max`. Returns 1 where this
+        rank's loss was non-finite, else 0. Collective."""
         cfg = self.config
         nonfinite_loss = torch.zeros(1, dtype=torch.float64, device=self.device)
         counts = all_reduce_sum(
@@ -385,7 +486,12 @@ class FSDPActor(FSDPPolicy):
             )
         )
         num_tokens, num_seqs = counts.tolist()
-        for micro in mini.split_by_size(cfg.micro_batch_size_per_gpu):
+        groups = self._micro_batches(mini, cfg.micro_batch_size_per_gpu, same_count_on_all_ranks=True)
+        for i, rows in enumerate(groups):
+            micro = mini[rows]
+            # Reduce-scatter only after the mini-batch's last micro-batch; until then gradients accumulate
+            # unsharded on each rank.
+            self.model.set_requires_gradient_sync(cfg.sync_grads_every_micro_batch or i == len(groups) - 1)
             mask = micro["response_mask"]
             log_prob, entropy = self._forward(micro, temperature, entropy_grad=cfg.entropy_coeff != 0)
             inputs = LossInputs(
@@ -426,21 +532,7 @@ class FSDPActor(FSDPPolicy):
                 ]
                 sums += torch.stack([t.detach().double() for t in terms])
                 torch.maximum(ratio_max, pg_metrics["ratio_max"].double().reshape(1), out=ratio_max)
-
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm.item())
-        dist.all_reduce(nonfinite_loss, op=dist.ReduceOp.MAX)
-        if nonfinite_loss.item():
-            grad_norm = math.nan
-        if math.isfinite(grad_norm):
-            self.optimizer.step()
-        else:
-            logger.warning("actor: non-finite loss or gradient norm; optimizer step skipped")
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return nonfinite_loss
 
     # ------------------------------------------------------------------ weights and checkpoints
     def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
@@ -462,47 +554,3 @@ class FSDPActor(FSDPPolicy):
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def join_ranks(worker: Worker) -> None:
-    """Join the worker group's process group; on CPU, one thread per rank (the ranks share the machine)."""
-    if not torch.cuda.is_available():
-        torch.set_num_threads(1)
-    worker.init_process_group()
-
-
-class ActorWorker(Worker):
-    """Ray shell of one actor rank. Update results come back per rank (a list, rank order); they are already
-    reduced over ranks, so every entry is the same."""
-
-    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
-        join_ranks(self)
-        self.actor = FSDPActor(model_path, config)
-
-    @register(Dispatch.DP_SPLIT)
-    def compute_log_prob(self, batch: Batch) -> Batch:
-        return self.actor.compute_log_prob(batch)
-
-    @register(Dispatch.DP_SPLIT)
-    def update(self, batch: Batch) -> UpdateResult:
-        return self.actor.update(batch)
-
-    @register(Dispatch.DP_SPLIT)
-    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> UpdateResult:
-        return self.actor.sfpo_update(batch, inner_steps, alpha)
-
-    @register(Dispatch.ALL)
-    def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
-        return self.actor.state_dict_for_rollout()
-
-    @register(Dispatch.ALL)
-    def save_checkpoint(self, path: str) -> None:
-        self.actor.save_checkpoint(path)
-
-    @register(Dispatch.ALL)
-    def load_checkpoint(self, path: str) -> dict[str, Any]:
-        return self.actor.load_checkpoint(path)
-
-    @register(Dispatch.ALL)
-    def export_hf(self, path: str) -> None:
-        self.actor.export_hf(path)

@@ -14,6 +14,7 @@ from sfpo_rl.workers.optim import SCHEDULES
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
 SLOW_COPY_DEVICES = ("same", "cpu")
+FORWARD_LAYOUTS = ("auto", "packed", "padded")
 # "<step>" or "<step>:<pass>", pass = update (a plain update), fast<k> (SFPO fast pass k), slow (SFPO slow pass)
 INJECTION_POINT = re.compile(r"^[1-9]\d*(:(update|slow|fast\d+))?$")
 
@@ -33,8 +34,19 @@ class ActorConfig:
     total_steps: int | None = None  # training steps (updates); required by "cosine" and by warmup_ratio
     # batching: one update = ppo_epochs x (batch / ppo_mini_batch_size) optimizer steps
     ppo_mini_batch_size: int = 256  # GLOBAL sequences per optimizer step (split evenly over the ranks)
-    micro_batch_size_per_gpu: int = 4  # sequences per forward/backward on each rank
-    log_prob_micro_batch_size: int = 8  # sequences per forward in compute_log_prob, on each rank
+    # Micro-batches (one forward, and backward, on a rank) hold rows of similar length up to a token budget:
+    # the tokens the forward computes, padding included (packed forwards compute none).
+    max_tokens_per_micro_batch: int = 16384
+    micro_batch_size_per_gpu: int | None = None  # set: fixed micro-batches of this many rows instead
+    log_prob_micro_batch_size: int | None = (
+        None  # set: fixed compute_log_prob micro-batches of this many rows
+    )
+    # Gradients are reduce-scattered once per mini-batch (after its last micro-batch); until then each rank
+    # holds unsharded float32 gradients of the whole model. True: after every micro-batch (less memory).
+    sync_grads_every_micro_batch: bool = False
+    # "packed": padding-free forwards (the rows' real tokens in one sequence); "padded"; "auto": packed where
+    # the attention kernel takes packed sequences natively (flash-attention varlen), padded elsewhere.
+    forward_layout: str = "auto"
     ppo_epochs: int = 1
     shuffle_mini_batches: bool = False
     seed: int = 0  # mini-batch shuffling
@@ -106,15 +118,27 @@ class ActorConfig:
             "actor.total_steps",
             "set (the number of training steps) for a cosine schedule or a warmup_ratio",
         )
-        for name in (
-            "ppo_mini_batch_size",
-            "micro_batch_size_per_gpu",
-            "log_prob_micro_batch_size",
-            "ppo_epochs",
-        ):
+        for name in ("ppo_mini_batch_size", "max_tokens_per_micro_batch", "ppo_epochs"):
             require(
                 is_int(getattr(self, name)) and getattr(self, name) >= 1, f"actor.{name}", "an integer >= 1"
             )
+        for name in ("micro_batch_size_per_gpu", "log_prob_micro_batch_size"):
+            value = getattr(self, name)
+            require(
+                value is None or (is_int(value) and value >= 1),
+                f"actor.{name}",
+                "null (micro-batches by actor.max_tokens_per_micro_batch) or an integer >= 1",
+            )
+        require(
+            isinstance(self.sync_grads_every_micro_batch, bool),
+            "actor.sync_grads_every_micro_batch",
+            "true or false",
+        )
+        require(
+            self.forward_layout in FORWARD_LAYOUTS,
+            "actor.forward_layout",
+            f"one of {', '.join(FORWARD_LAYOUTS)}",
+        )
         require(isinstance(self.shuffle_mini_batches, bool), "actor.shuffle_mini_batches", "true or false")
         require(is_int(self.seed), "actor.seed", "an integer")
         require(

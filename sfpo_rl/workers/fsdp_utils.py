@@ -1,6 +1,9 @@
-"""FSDP2 plumbing for the actor: device choice, sharding a transformers causal LM, local shards, global norms."""
+"""FSDP2 plumbing for the actor: device and attention kernel choice, sharding a transformers causal LM, local
+shards, global norms."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 import torch.distributed as dist
@@ -17,6 +20,15 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def attention_implementation(device: torch.device, param_dtype: torch.dtype) -> str | None:
+    """flash-attention 2 on CUDA in half precision when it is installed (its varlen kernel runs packed
+    sequences without padding); None (transformers' default, SDPA) elsewhere."""
+    half = param_dtype in (torch.bfloat16, torch.float16)
+    if device.type == "cuda" and half and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:

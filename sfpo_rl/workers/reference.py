@@ -9,8 +9,9 @@ from typing import Any
 
 from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
-from sfpo_rl.workers.actor import FSDPPolicy, join_ranks
+from sfpo_rl.workers.actor import FSDPPolicy
 from sfpo_rl.workers.actor_config import ActorConfig
+from sfpo_rl.workers.actor_worker import join_ranks
 
 
 class ReferenceWorker(Worker):

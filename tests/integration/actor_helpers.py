@@ -104,6 +104,40 @@ def _masked_agg(values: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Te
     raise ValueError(mode)
 
 
+def plain_loss(
+    model: torch.nn.Module, mini: Batch, cfg: dict
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of one global mini-batch in one process (one forward over all its rows), its pg part, and the
+    per-token entropies."""
+    mask = mini["response_mask"]
+    log_probs, entropy = plain_log_probs(model, mini)
+    adv = mini["advantages"]
+    mode = cfg.get("loss_agg_mode", "token-mean")
+    if cfg.get("policy_loss") == "gspo":  # one ratio per sequence; mean over sequences
+        assert mode == "seq-mean-token-mean"
+        log_ratio = (log_probs - mini["old_log_probs"]) * mask
+        ratio = torch.exp(log_ratio.sum(-1) / mask.sum(-1))
+        adv = adv[:, 0]  # outcome advantages: the same on every token of a row
+    else:
+        ratio = torch.exp(log_probs - mini["old_log_probs"])
+    clipped = ratio.clamp(1 - cfg["clip_ratio_low"], 1 + cfg["clip_ratio_high"])
+    pg = torch.maximum(-adv * ratio, -adv * clipped)
+    pg_loss = pg.mean() if cfg.get("policy_loss") == "gspo" else _masked_agg(pg, mask, mode)
+    loss = pg_loss - cfg["entropy_coeff"] * _masked_agg(entropy, mask, mode)
+    if cfg.get("use_kl_loss"):
+        kl = mini["ref_log_probs"] - log_probs  # low-variance KL (k3), clamped as in verl
+        k3 = (torch.exp(kl) - kl - 1).clamp(-10, 10)
+        loss = loss + cfg["kl_loss_coef"] * _masked_agg(k3, mask, mode)
+    return loss, pg_loss, entropy
+
+
+def plain_gradients(model: torch.nn.Module, mini: Batch, cfg: dict) -> dict[str, torch.Tensor]:
+    """The gradient of one global mini-batch's loss, by parameter name."""
+    model.zero_grad()
+    plain_loss(model, mini, cfg)[0].backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
 def plain_update(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: dict, world_size: int = 2
 ) -> dict:
@@ -115,24 +149,7 @@ def plain_update(
     for _ in range(cfg["ppo_epochs"]):
         for mini in global_mini_batches(batch, world_size, cfg["ppo_mini_batch_size"]):
             mask = mini["response_mask"]
-            log_probs, entropy = plain_log_probs(model, mini)
-            adv = mini["advantages"]
-            mode = cfg.get("loss_agg_mode", "token-mean")
-            if cfg.get("policy_loss") == "gspo":  # one ratio per sequence; mean over sequences
-                assert mode == "seq-mean-token-mean"
-                log_ratio = (log_probs - mini["old_log_probs"]) * mask
-                ratio = torch.exp(log_ratio.sum(-1) / mask.sum(-1))
-                adv = adv[:, 0]  # outcome advantages: the same on every token of a row
-            else:
-                ratio = torch.exp(log_probs - mini["old_log_probs"])
-            clipped = ratio.clamp(1 - cfg["clip_ratio_low"], 1 + cfg["clip_ratio_high"])
-            pg = torch.maximum(-adv * ratio, -adv * clipped)
-            pg_loss = pg.mean() if cfg.get("policy_loss") == "gspo" else _masked_agg(pg, mask, mode)
-            loss = pg_loss - cfg["entropy_coeff"] * _masked_agg(entropy, mask, mode)
-            if cfg.get("use_kl_loss"):
-                kl = mini["ref_log_probs"] - log_probs  # low-variance KL (k3), clamped as in verl
-                k3 = (torch.exp(kl) - kl - 1).clamp(-10, 10)
-                loss = loss + cfg["kl_loss_coef"] * _masked_agg(k3, mask, mode)
+            loss, pg_loss, entropy = plain_loss(model, mini, cfg)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             optimizer.step()

@@ -2,7 +2,9 @@
 references.
 
 One spawned 2-rank job (module fixture) runs every distributed computation and saves the results; the tests
-compare them with a plain transformers model + AdamW + full-mini-batch loss computed in the test process.
+compare them with a plain transformers model + AdamW + full-mini-batch loss computed in the test process, and
+the micro-batching paths (token budget, packed forwards, one gradient reduction per mini-batch) with the
+present path (fixed-count micro-batches, a reduction after each).
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from actor_helpers import (
     make_batch,
     max_param_diff,
     perturbed,
+    plain_gradients,
     plain_log_probs,
     plain_model,
     plain_optimizer,
     plain_update,
     run_ranks,
 )
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fsdp_param_group
 
 from sfpo_rl.tiny.model import make_random_tiny_model
-from sfpo_rl.workers.actor import ActorConfig, FSDPActor, FSDPPolicy
+from sfpo_rl.workers.actor import _SUM_KEYS, ActorConfig, FSDPActor, FSDPPolicy
 from sfpo_rl.workers.update_result import FastTrajectory
 
 pytestmark = pytest.mark.slow
@@ -55,6 +60,17 @@ CONFIG = dict(
     entropy_coeff=0.01,
 )
 FIRST_STEP_LR = CONFIG["lr"] * 0.5
+# The defaults: micro-batches by token budget, rows grouped by length. 28 tokens split rank 1's first local
+# mini-batch (rows of 8, 13 and 12 tokens) into rows [1, 2] (2 x 14 columns) and [0]; rank 0's (5, 8 and 6
+# tokens) would fit one micro-batch (3 x 9 columns), and is split to match rank 1's count: [1, 2] and [0].
+TOKEN_BUDGET = {
+    **{k: v for k, v in CONFIG.items() if k not in ("micro_batch_size_per_gpu", "log_prob_micro_batch_size")},
+    "max_tokens_per_micro_batch": 28,
+}
+PACKED = {**TOKEN_BUDGET, "forward_layout": "packed"}
+# The present path before token budgets and no-sync: fixed-count micro-batches, a gradient reduction after each.
+PRESENT = {**CONFIG, "sync_grads_every_micro_batch": True}
+GRADIENT_PATHS = {"present": PRESENT, "no_sync": CONFIG, "token_budget": TOKEN_BUDGET, "packed": PACKED}
 # Activation checkpointing, per-sequence loss aggregation and the KL loss: the same reference must hold.
 CONFIG_AC_SEQ_KL = {
     **CONFIG,
@@ -128,15 +144,44 @@ def _memory_job(rank: int, model_dir: str, batch) -> dict:
     }
 
 
+def _log_probs(actor: FSDPPolicy, batch, rank: int, name: str) -> dict:
+    """This rank's log-probs of an even split, an uneven one (9 + 3 rows) and 12 + 0 rows: a rank with fewer
+    micro-batches joins the extra forwards."""
+    return {
+        f"{name}/even": actor.compute_log_prob(_local(batch, rank)),
+        f"{name}/uneven": actor.compute_log_prob(batch[0:9] if rank == 0 else batch[9:12]),
+        f"{name}/empty": actor.compute_log_prob(batch if rank == 0 else batch[12:]),
+    }
+
+
+def _mini_batch_gradients(model_dir: str, config: dict, local) -> dict:
+    """The full gradient of global mini-batch 0 (reduced over ranks), this rank's micro-batches (rows), and how
+    many gradient reductions per FSDP module (decoder layer or root) the backward ran."""
+    actor = FSDPActor(model_dir, config)
+    data = actor._training_data(local)
+    mini = data[0 : config["ppo_mini_batch_size"] // WORLD]
+    sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64)
+    ratio_max = torch.full((1,), -math.inf, dtype=torch.float64)
+    actor.model.train()
+    reductions = []
+    reduce = fsdp_param_group.foreach_reduce  # FSDP2's reduce-scatter of one module's gradients
+    fsdp_param_group.foreach_reduce = lambda *a, **k: reductions.append(1) or reduce(*a, **k)
+    try:
+        actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max, poison=False)
+    finally:
+        fsdp_param_group.foreach_reduce = reduce
+    grads = {name: p.grad.full_tensor() for name, p in actor.model.named_parameters()}
+    rows = [g.tolist() for g in actor._micro_batches(mini, config.get("micro_batch_size_per_gpu"), True)]
+    modules = sum(isinstance(m, FSDPModule) for m in actor.model.modules())
+    return {"grads": grads, "micro_batch_rows": rows, "reductions_per_module": len(reductions) / modules}
+
+
 def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, out_dir: str) -> None:
     local = _local(batch, rank)
     results: dict = {}
 
     actor = FSDPActor(model_dir, CONFIG)
-    log_probs = {"even": actor.compute_log_prob(local)}
-    # Uneven splits (9 + 3 rows: 3 vs 1 micro-batches; 12 + 0 rows): the shorter rank joins the extra forwards.
-    log_probs["uneven"] = actor.compute_log_prob(batch[0:9] if rank == 0 else batch[9:12])
-    log_probs["empty"] = actor.compute_log_prob(batch if rank == 0 else batch[12:])
+    log_probs = _log_probs(actor, batch, rank, "fixed")
     results["update"] = actor.update(local)
     results["update_state"] = actor.state_dict_for_rollout()
     t0 = time.perf_counter()
@@ -144,7 +189,22 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
     results["time_update_s"] = time.perf_counter() - t0
     del actor
 
-    actor = FSDPActor(model_dir, CONFIG)
+    results["gradients"] = {
+        name: _mini_batch_gradients(model_dir, config, local) for name, config in GRADIENT_PATHS.items()
+    }
+    for name, config in (
+        ("token_budget", TOKEN_BUDGET),
+        ("packed", PACKED),
+        ("token_budget_again", TOKEN_BUDGET),
+    ):
+        actor = FSDPActor(model_dir, config)
+        if name != "token_budget_again":
+            log_probs.update(_log_probs(actor, batch, rank, name))
+        results[name] = actor.update(local)
+        results[f"{name}_state"] = actor.state_dict_for_rollout()
+        del actor
+
+    actor = FSDPActor(model_dir, TOKEN_BUDGET)
     t0 = time.perf_counter()
     results["sfpo"] = actor.sfpo_update(local, K, ALPHA)
     results["time_sfpo_s"] = time.perf_counter() - t0
@@ -228,7 +288,12 @@ def _reference(model_dir, cfg, lr):
     return model, plain_optimizer(model, cfg, lr)
 
 
-@pytest.mark.parametrize("split", ["even", "uneven", "empty", "reference"])
+LOG_PROB_SPLITS = [
+    f"{path}/{split}" for path in ("fixed", "token_budget", "packed") for split in ("even", "uneven", "empty")
+]
+
+
+@pytest.mark.parametrize("split", [*LOG_PROB_SPLITS, "reference"])
 def test_compute_log_prob_matches_single_process_transformers(setup, tiny_model_dir, split):
     batch, results = setup
     model = plain_model(tiny_model_dir)
@@ -263,6 +328,53 @@ def test_update_matches_single_process_reference(setup, tiny_model_dir):
     assert update.entropy == metrics["actor/entropy"] == pytest.approx(ref["entropy"], abs=1e-6)
     assert metrics["actor/n_optimizer_steps"] == 4 and update.skipped_steps == 0 and update.sfpo is None
     assert 0 < metrics["actor/clipfrac"] < 1 and metrics["actor/ratio_max"] > 1 + CONFIG["clip_ratio_high"]
+
+
+@pytest.mark.parametrize("path", ["no_sync", "token_budget", "packed"])
+def test_mini_batch_gradient_equals_present_path_and_single_process_reference(setup, tiny_model_dir, path):
+    batch, results = setup
+    mini = global_mini_batches(batch, WORLD, CONFIG["ppo_mini_batch_size"])[0]
+    reference = plain_gradients(plain_model(tiny_model_dir), mini, CONFIG)
+    scale = max(g.abs().max().item() for g in reference.values())
+    got = results["gradients"][path]
+    present = results["gradients"]["present"]
+    vs_reference = max((got["grads"][k] - reference[k]).abs().max().item() for k in reference) / scale
+    vs_present = max((got["grads"][k] - present["grads"][k]).abs().max().item() for k in reference) / scale
+    present_vs_reference = (
+        max((present["grads"][k] - reference[k]).abs().max().item() for k in reference) / scale
+    )
+    print(
+        f"\n{path}: micro-batch rows {got['micro_batch_rows']} (present {present['micro_batch_rows']}); "
+        f"max |grad diff| / max |grad|: vs present path {vs_present:.2e}, vs single process {vs_reference:.2e} "
+        f"(present vs single process {present_vs_reference:.2e})"
+    )
+    assert vs_reference < 1e-5 and vs_present < 1e-5 and present_vs_reference < 1e-5
+    # Two micro-batches: the present path reduces gradients after each, the others once per mini-batch.
+    assert present["reductions_per_module"] == 2 and got["reductions_per_module"] == 1
+    assert present["micro_batch_rows"] == [[0, 1], [2]]
+    if path != "no_sync":  # rows grouped by length, not the fixed-count split
+        assert got["micro_batch_rows"] == [[1, 2], [0]]
+
+
+@pytest.mark.parametrize("path", ["token_budget", "packed"])
+def test_token_budget_update_matches_single_process_reference(setup, tiny_model_dir, path):
+    batch, results = setup
+    model, optimizer = _reference(tiny_model_dir, CONFIG, FIRST_STEP_LR)
+    ref = plain_update(model, optimizer, batch, CONFIG)
+    diff = max_param_diff(results[f"{path}_state"], model)
+    metrics = results[path].metrics
+    print(f"\n{path} update: max |actor - reference| {diff:.2e}")
+    assert diff < 1e-5
+    assert metrics["actor/pg_loss"] == pytest.approx(ref["pg_loss"], abs=1e-6)
+    assert results[path].entropy == pytest.approx(ref["entropy"], abs=1e-6)
+    assert metrics["actor/n_optimizer_steps"] == 4
+
+
+def test_token_budget_update_is_deterministic(setup):
+    _, results = setup
+    a, b = results["token_budget_state"], results["token_budget_again_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert results["token_budget"] == results["token_budget_again"]
 
 
 def test_update_with_activation_checkpointing_seq_mean_and_kl_matches_reference(setup, tiny_model_dir):

@@ -13,7 +13,7 @@ from actor_helpers import make_batch, perturbed, plain_log_probs, plain_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool, WorkerError, init_ray
-from sfpo_rl.workers.actor import ActorWorker
+from sfpo_rl.workers.actor_worker import ActorWorker
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,69 @@
+"""The actor's Ray shell: one `ActorWorker` per FSDP rank, each holding an `FSDPActor` (sfpo_rl.workers.actor,
+which itself needs no Ray)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from sfpo_rl.controller import Dispatch, Worker, register
+from sfpo_rl.protocol import Batch
+from sfpo_rl.workers.actor import FSDPActor
+from sfpo_rl.workers.actor_config import ActorConfig
+from sfpo_rl.workers.fsdp_utils import DTYPES
+from sfpo_rl.workers.update_result import UpdateResult
+from sfpo_rl.workers.weight_sync import WeightBucket, gather_bucket
+
+
+def join_ranks(worker: Worker) -> None:
+    """Join the worker group's process group; on CPU, one thread per rank (the ranks share the machine)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    worker.init_process_group()
+
+
+class ActorWorker(Worker):
+    """Ray shell of one actor rank. Update results come back per rank (a list, rank order); they are already
+    reduced over ranks, so every entry is the same."""
+
+    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+        join_ranks(self)
+        self.actor = FSDPActor(model_path, config)
+
+    @register(Dispatch.DP_SPLIT)
+    def compute_log_prob(self, batch: Batch) -> Batch:
+        return self.actor.compute_log_prob(batch)
+
+    @register(Dispatch.DP_SPLIT)
+    def update(self, batch: Batch) -> UpdateResult:
+        return self.actor.update(batch)
+
+    @register(Dispatch.DP_SPLIT)
+    def sfpo_update(self, batch: Batch, inner_steps: int, alpha: float) -> UpdateResult:
+        return self.actor.sfpo_update(batch, inner_steps, alpha)
+
+    @register(Dispatch.ALL)
+    def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
+        return self.actor.state_dict_for_rollout()
+
+    @register(Dispatch.ALL)
+    def weight_bucket(self, index: int, bucket_mb: float, dtype: str | None = None) -> WeightBucket | None:
+        """Bucket `index` of a streamed weight sync (see weight_sync) in host memory on rank 0, None on the
+        others; `dtype` (e.g. "bfloat16") casts before the gather. Collective."""
+        bucket = gather_bucket(self.actor.model, index, bucket_mb, DTYPES[dtype] if dtype else None)
+        return bucket if self.rank == 0 else None
+
+    @register(Dispatch.ALL)
+    def save_checkpoint(self, path: str) -> None:
+        self.actor.save_checkpoint(path)
+
+    @register(Dispatch.ALL)
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        return self.actor.load_checkpoint(path)
+
+    @register(Dispatch.ALL)
+    def export_hf(self, path: str) -> None:
+        self.actor.export_hf(path)
