@@ -48,6 +48,11 @@ bench: setup
 compare: setup
 	$(PY) -m sfpo_rl.experiments.compare $(ARGS)
 
+# The actor's GPU path on one CUDA device (sfpo_rl/bench/gpu_check.py). No setup: the GPU machine has torch,
+# transformers and safetensors but no .venv, Ray, vLLM, Hydra or network, so it runs from the repository root.
+gpu-check:
+	$(PYTHON) -m sfpo_rl.bench.gpu_check --out results/gpu_check $(ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check sfpo_rl tests recipes
 	$(VENV)/bin/ruff format --check sfpo_rl tests recipes

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sfpo_rl.bench.rollout_batches import padded_rollouts
 from sfpo_rl.data import arith
 from sfpo_rl.protocol import Batch
 from sfpo_rl.tiny.model import make_random_tiny_model
@@ -50,28 +51,8 @@ def synthetic_rollouts(
     g = torch.Generator().manual_seed(seed)
     prompt_lens = torch.randint(max(1, prompt_width // 2), prompt_width + 1, (rows,), generator=g)
     response_lens = torch.randint(max(1, response_width // 2), response_width + 1, (rows,), generator=g)
-    prompts = torch.full((rows, prompt_width), pad_id)
-    responses = torch.full((rows, response_width), pad_id)
-    prompt_mask = torch.zeros(rows, prompt_width, dtype=torch.long)
-    response_mask = torch.zeros(rows, response_width, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_lens.tolist(), response_lens.tolist())):
-        prompts[i, prompt_width - p :] = torch.randint(0, vocab_size, (p,), generator=g)
-        prompt_mask[i, prompt_width - p :] = 1
-        responses[i, :r] = torch.randint(0, vocab_size, (r,), generator=g)
-        response_mask[i, :r] = 1
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    signs = torch.randint(0, 2, (rows, 1), generator=g).float() * 2 - 1
-    return Batch.from_dict(
-        {
-            "prompts": prompts,
-            "responses": responses,
-            "input_ids": torch.cat([prompts, responses], dim=1),
-            "attention_mask": attention_mask,
-            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
-            "response_mask": response_mask,
-            "advantages": signs * response_mask,
-        },
-        meta={"temperature": 1.0},
+    return padded_rollouts(
+        vocab_size, pad_id, prompt_lens.tolist(), response_lens.tolist(), prompt_width, response_width, g
     )
 
 

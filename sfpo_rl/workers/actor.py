@@ -128,6 +128,7 @@ class FSDPPolicy:
         param_dtype = DTYPES["bfloat16" if self.device.type == "cuda" else "float32"]
         if cfg.param_dtype != "auto":
             param_dtype = DTYPES[cfg.param_dtype]
+        self.param_dtype = param_dtype  # of the forward and backward; master weights stay float32
         attention = attention_implementation(self.device, param_dtype)
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path,
