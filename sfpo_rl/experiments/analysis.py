@@ -75,6 +75,9 @@ def bootstrap_reach_ratio(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Interval:
+    estimate = reach_ratio(baseline, arm, axis)
+    if min(len(baseline), len(arm)) < 2:  # nothing to resample: no interval is claimed
+        return Interval(estimate, math.nan, math.nan)
     rng = np.random.default_rng(seed)
     ratios = []
     for _ in range(resamples):
@@ -88,7 +91,7 @@ def bootstrap_reach_ratio(
         np.quantile(ratios, [tail, 1 - tail], method="inverted_cdf") if len(ratios) else (math.nan, math.nan)
     )
     never = float(np.mean(np.isinf(ratios))) if len(ratios) else math.nan
-    return Interval(reach_ratio(baseline, arm, axis), float(low), float(high), never)
+    return Interval(estimate, float(low), float(high), never)
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:

@@ -54,14 +54,31 @@ def versus(baseline: Mapping[int, Curve], arm: Mapping[int, Curve]) -> dict[str,
     """`arm` against `baseline`: final and best accuracy differences, and the cost ratios to reach the
     baseline's best seed-mean accuracy in rollouts and in training seconds."""
     base, other = list(baseline.values()), list(arm.values())
+    final = difference_ci([final_acc(c) for c in other], [final_acc(c) for c in base])
+    rollouts = bootstrap_reach_ratio(base, other, "rollouts")
     return {
-        "final_acc_diff": _interval(
-            difference_ci([final_acc(c) for c in other], [final_acc(c) for c in base])
-        ),
+        "final_acc_diff": _interval(final),
         "best_acc_diff": _interval(difference_ci([best_acc(c) for c in other], [best_acc(c) for c in base])),
-        "rollouts_ratio": _interval(bootstrap_reach_ratio(base, other, "rollouts")),
+        "rollouts_ratio": _interval(rollouts),
         "seconds_ratio": _interval(bootstrap_reach_ratio(base, other, "seconds")),
+        "verdict": verdict(rollouts, final),
     }
+
+
+def verdict(rollouts: Interval, final: Interval) -> str:
+    """The protocol's decision rules: a difference is claimed only when its whole 95% interval says so."""
+    if math.isnan(rollouts.low) or math.isnan(final.low):
+        return "too few seeds"
+    if rollouts.high < 1:
+        speed = "fewer rollouts"
+    elif rollouts.low > 1:
+        speed = "more rollouts"
+    else:
+        speed = "rollouts: no difference shown"
+    end = (
+        "higher final" if final.low > 0 else "lower final" if final.high < 0 else "final: no difference shown"
+    )
+    return f"{speed}; {end}"
 
 
 def best_lrs(cells: Cells) -> dict[str, float]:
@@ -114,6 +131,8 @@ def _ratio(value: float) -> str:
 
 def _ratio_ci(i: Mapping[str, Any]) -> str:
     estimate = "never" if i["estimate"] is None else _ratio(i["estimate"])
+    if math.isnan(i["low"]):
+        return estimate
     never = f"; never in {100 * i['never']:.0f}% of resamples" if i["never"] else ""
     return f"{estimate} [{_ratio(i['low'])}, {_ratio(i['high'])}]{never}"
 
@@ -121,14 +140,14 @@ def _ratio_ci(i: Mapping[str, Any]) -> str:
 def _versus_rows(rows: Mapping[str, Mapping[str, Any]], label: str) -> list[str]:
     lines = [
         f"| arm @ lr | vs {label}: final acc diff (pts) | best acc diff (pts) | rollouts to {label}'s best "
-        "(ratio) | training seconds to it (ratio) |",
-        "|---|---|---|---|---|",
+        "(ratio) | training seconds to it (ratio) | verdict (protocol rules) |",
+        "|---|---|---|---|---|---|",
     ]
     for key, v in rows.items():
         name = f"{key} (vs {v['matched_to']})" if "matched_to" in v else key
         lines.append(
             f"| {name} | {_diff_ci(v['final_acc_diff'])} | {_diff_ci(v['best_acc_diff'])} | "
-            f"{_ratio_ci(v['rollouts_ratio'])} | {_ratio_ci(v['seconds_ratio'])} |"
+            f"{_ratio_ci(v['rollouts_ratio'])} | {_ratio_ci(v['seconds_ratio'])} | {v['verdict']} |"
         )
     return lines
 

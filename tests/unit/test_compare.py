@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from sfpo_rl.experiments import compare
-from sfpo_rl.experiments.analysis import bootstrap_reach_ratio, difference_ci, mean_ci, reach, reach_ratio
-from sfpo_rl.experiments.report import best_lrs, markdown, summarize
+from sfpo_rl.experiments.analysis import (
+    Interval,
+    bootstrap_reach_ratio,
+    difference_ci,
+    mean_ci,
+    reach,
+    reach_ratio,
+)
+from sfpo_rl.experiments.report import best_lrs, markdown, summarize, verdict
 from sfpo_rl.experiments.study import ARMS, ARMS_BY_NAME, plan
 from sfpo_rl.trainer.learning_curve import Curve, load_curve, plot_learning_curve
 
@@ -127,6 +134,7 @@ def test_summary_compares_with_grpo_matched_and_at_best_lrs():
     assert v["rollouts_ratio"]["estimate"] == pytest.approx(
         (640 + 0.1 * 640) / 2560
     )  # mean 0.41 reached at 704
+    assert v["verdict"] == "fewer rollouts; higher final"
     assert s["versus_matched"]["sfpo@0.0001"]["matched_to"] == "grpo_x4"
     # At their best lrs GRPO peaks at 0.51 (seed mean) and SFPO at 0.51: reached at the last point.
     assert s["best_lr"]["versus_grpo"]["sfpo"]["rollouts_ratio"]["estimate"] == pytest.approx(1.0)
@@ -192,3 +200,15 @@ def test_learning_curve_png_is_written_with_the_switch_marked(tmp_path):
     assert load_curve(tmp_path).switch_step == 3
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # validation only: nothing to draw
     assert plot_learning_curve(tmp_path) is None
+
+
+def test_verdicts_claim_a_difference_only_when_the_whole_interval_does():
+    assert verdict(Interval(0.5, 0.4, 0.9), Interval(0.1, 0.02, 0.2)) == "fewer rollouts; higher final"
+    assert verdict(Interval(2.0, 1.2, math.inf), Interval(-0.1, -0.2, -0.01)) == "more rollouts; lower final"
+    assert verdict(Interval(0.9, 0.5, 1.1), Interval(0.0, -0.1, 0.1)) == (
+        "rollouts: no difference shown; final: no difference shown"
+    )
+    assert verdict(Interval(None, 0.5, math.inf, never=0.6), Interval(0.0, -0.1, 0.1)).startswith(
+        "rollouts: no"
+    )
+    assert verdict(Interval(0.5, math.nan, math.nan), Interval(0.1, 0.0, 0.2)) == "too few seeds"
