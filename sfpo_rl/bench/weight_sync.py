@@ -1,22 +1,29 @@
-"""Weight sync: the time to push the actor's weights into the rollout engine, its throughput, and its share of
-a training step.
+"""Weight sync, actor -> rollout engines, on a random-initialised Qwen2 of 100M+ parameters: time and peak memory
+of every process for the three ways the weights can travel, through the trainer's own worker groups:
 
-Isolated measurement: the trainer's own path (`WorkerGroups.sync_weights`) between a real 2-rank FSDP actor
-group and a vLLM rollout worker on Ray: actor rank 0 gathers the full weights (`state_dict_for_rollout`),
-they travel through Ray's object store and the engine reloads them in place (`load_weights`). Repeated
-after a warm-up, for each model size. "gather" is timed alone (rank 0 holding the full state dict, nothing
-fetched); "load" is the engine's own timing; the rest of the end-to-end time is the object-store transfer
-and Ray dispatch.
+- colocated: each of the 2 actor ranks streams its shards into the vLLM engine in its own process, one bucket
+  of whole layers at a time (`resources.placement=colocated`);
+- split, streamed: actor rank 0 sends one bucket at a time through Ray's object store to an engine in a process
+  of its own, which loads it before the next is gathered (`resources.placement=split`);
+- split, full state dict (the path before the streamed sync): actor rank 0 gathers the whole float32 state dict
+  and the engine reloads it from the object store in one piece.
 
-Share of a step: from trainer runs' metrics.jsonl (`timing/sync` / `timing/step`, the same steps), by
-default those the step_time benchmark wrote under the same --out.
+Memory: each process's high-water mark RSS (VmHWM, reset through /proc/<pid>/clear_refs right before each
+sync) minus its RSS before the sync: what the sync itself added at its peak. The bound the streamed paths are
+held to is one bucket plus the largest layer. Repeats follow a warm-up sync; the paths on the split groups are
+interleaved.
+
+Share of a step: from trainer runs' metrics.jsonl (`timing/sync` / `timing/step`), by default those the
+one_box and step_time benchmarks wrote under the same --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +32,51 @@ from sfpo_rl.bench.workload import make_model
 
 NAME = "weight_sync"
 MIB = 2**20
+ROLLOUT = dict(max_prompt_length=32, max_response_length=32, dtype="float32", kv_cache_gib=0.25)
+PATHS = ("colocated", "split, streamed", "split, full state dict")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sizes",
-        default=None,
-        help="model sizes WIDTHxLAYERS, comma-separated; default 512x4 quick, 128x4,512x4,1024x8 full",
+        "--size", default="1024x8", help="model size WIDTHxLAYERS (default 1024x8: 101M parameters, 404 MB)"
     )
-    parser.add_argument("--repeats", type=int, default=None, help="default 3 quick, 5 full")
+    parser.add_argument("--bucket-mb", type=float, default=64.0, help="rollout.sync_bucket_mb (default 64)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="syncs per path after a warm-up; 2 quick, 5 full"
+    )
     parser.add_argument(
         "--metrics",
         type=Path,
         nargs="*",
         default=None,
-        help="trainer metrics.jsonl files for the share of a step; default <out>/step_time/*/metrics.jsonl",
+        help="trainer metrics.jsonl files for the share of a step; default <out>/{one_box,step_time}/*/metrics.jsonl",
     )
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """'128x4,512x8' -> [(128, 4), (512, 8)]."""
-    sizes = []
-    for item in text.split(","):
-        width, sep, layers = item.strip().partition("x")
-        if not (sep and width.isdigit() and layers.isdigit()):
-            raise ValueError(f"--sizes: {item!r} is not WIDTHxLAYERS (e.g. 512x4)")
-        sizes.append((int(width), int(layers)))
-    return sizes
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024x8' -> (1024, 8)."""
+    width, sep, layers = text.strip().partition("x")
+    if not (sep and width.isdigit() and layers.isdigit()):
+        raise ValueError(f"--size: {text!r} is not WIDTHxLAYERS (e.g. 1024x8)")
+    return int(width), int(layers)
+
+
+def model_layout(model_dir: Path) -> dict[str, float]:
+    """Parameters, float32 MB and the largest layer's MB (a decoder layer, or a weight outside them)."""
+    from safetensors import safe_open
+
+    layers: dict[str, int] = {}
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        for name in f.keys():
+            numel = 1
+            for dim in f.get_slice(name).get_shape():
+                numel *= dim
+            match = re.match(r"model\.layers\.\d+\.", name)
+            layers[match.group(0) if match else name] = (
+                layers.get(match.group(0) if match else name, 0) + numel
+            )
+    params = sum(layers.values())
+    return {"params": params, "mb": 4 * params / MIB, "layer_mb": 4 * max(layers.values()) / MIB}
 
 
 def step_share(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -71,123 +96,198 @@ def step_share(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def measure(model_dir: Path, repeats: int) -> dict[str, Any]:
-    """Gather, load and end-to-end sync times of one model through the trainer's worker groups."""
-    import ray
+class PeakMemory:
+    """Per process (label -> pid): RSS before a block and the high-water mark RSS during it, in MB."""
 
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.result: dict[str, dict[str, float]] = {}
+
+    def __enter__(self) -> PeakMemory:
+        for label, pid in self.pids.items():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.before[label] = _status_mb(pid, "VmRSS")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for label, pid in self.pids.items():
+            peak = _status_mb(pid, "VmHWM")
+            self.result[label] = {
+                "rss_mb": self.before[label],
+                "peak_mb": peak,
+                "extra_mb": peak - self.before[label],
+            }
+
+
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no {field}")
+
+
+def timed_sync(sync: Callable[[], Any], pids: dict[str, int]) -> dict[str, Any]:
+    with PeakMemory(pids) as memory:
+        start = time.perf_counter()
+        sync()
+        seconds = time.perf_counter() - start
+    return {"s": seconds, "memory": memory.result}
+
+
+def process_labels(groups) -> dict[str, int]:
+    """label -> pid of every process taking part, colocated roles under one label."""
+    labels: dict[int, list[str]] = {}
+    ranks: dict[int, int] = {}
+    for group in (groups.actor, groups.rollout):
+        for rank, info in enumerate(group.worker_info):
+            labels.setdefault(info["pid"], []).append(group.role)
+            ranks[info["pid"]] = rank
+    return {f"{'+'.join(roles)} rank {ranks[pid]}": pid for pid, roles in labels.items()}
+
+
+def measure(model_dir: Path, bucket_mb: float, repeats: int) -> dict[str, list[dict[str, Any]]]:
+    """Repeated syncs on each path (after one warm-up sync per setup)."""
     from sfpo_rl.controller import RayWorkerGroup, ResourcePool
     from sfpo_rl.trainer.workers import WorkerGroups
     from sfpo_rl.workers.actor_worker import ActorWorker
+    from sfpo_rl.workers.colocated import ColocatedRolloutWorker
     from sfpo_rl.workers.rollout import RolloutWorker
 
-    tag = model_dir.parent.name
-    actor = RayWorkerGroup(
-        ResourcePool([2], name=f"bench-actor-{tag}"), ActorWorker, "actor", str(model_dir), {}
-    )
-    rollout_cfg = dict(max_prompt_length=32, max_response_length=32, dtype="float32", kv_cache_gib=0.25)
-    rollout = RayWorkerGroup(
-        ResourcePool([1], name=f"bench-rollout-{tag}"), RolloutWorker, "rollout", str(model_dir), rollout_cfg
-    )
-    groups = WorkerGroups(actor=actor, rollout=rollout, reward=None)
+    rollout_cfg = {**ROLLOUT, "sync_bucket_mb": bucket_mb}
+    runs: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+
+    roles = {
+        "actor": (ActorWorker, (str(model_dir), {})),
+        "rollout": (ColocatedRolloutWorker, (str(model_dir), rollout_cfg)),
+    }
+    hosted = RayWorkerGroup.colocated(ResourcePool([2], name="bench-colocated"), roles)
+    groups = WorkerGroups(**hosted, reward=None, colocated=True, sync_bucket_mb=bucket_mb)
     try:
+        pids = process_labels(groups)
         groups.sync_weights()  # warm-up
-        gather_s, total_s, load_s, mb = [], [], [], 0.0
-        for _ in range(repeats):
-            start = time.perf_counter()
-            future = actor.state_dict_for_rollout.future()
-            ray.wait(future.refs, num_returns=len(future.refs), fetch_local=False)
-            gather_s.append(time.perf_counter() - start)
-            del future
-            start = time.perf_counter()
-            stats = groups.sync_weights()
-            total_s.append(time.perf_counter() - start)
-            load_s.append(stats["sync/load_weights_s"])
-            mb = stats["sync/load_weights_mb"]
+        runs["colocated"] = [timed_sync(groups.sync_weights, pids) for _ in range(repeats)]
     finally:
         groups.shutdown()
-    return {"mb": mb, "gather_s": gather_s, "load_s": load_s, "total_s": total_s}
+
+    groups = WorkerGroups(
+        actor=RayWorkerGroup(ResourcePool([2], name="bench-actor"), ActorWorker, "actor", str(model_dir), {}),
+        rollout=RayWorkerGroup(
+            ResourcePool([1], name="bench-rollout"), RolloutWorker, "rollout", str(model_dir), rollout_cfg
+        ),
+        reward=None,
+        sync_bucket_mb=bucket_mb,
+    )
+
+    def full_state_dict() -> None:
+        weights = groups.actor.state_dict_for_rollout.future()
+        groups.rollout.load_weights(weights.rank0_ref())
+        weights.get()
+
+    try:
+        pids = process_labels(groups)
+        groups.sync_weights()  # warm-up
+        full_state_dict()
+        for _ in range(repeats):
+            runs["split, streamed"].append(timed_sync(groups.sync_weights, pids))
+            runs["split, full state dict"].append(timed_sync(full_state_dict, pids))
+    finally:
+        groups.shutdown()
+    return runs
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median seconds, and per process the largest peak and extra RSS over the repeats."""
+    labels = runs[0]["memory"]
+    return {
+        "s": median([r["s"] for r in runs]),
+        "memory": {
+            label: {
+                key: max(r["memory"][label][key] for r in runs) for key in ("rss_mb", "peak_mb", "extra_mb")
+            }
+            for label in labels
+        },
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sfpo_rl.controller import init_ray
     from sfpo_rl.trainer.tracking import read_jsonl
 
-    sizes = parse_sizes(args.sizes or ("512x4" if args.quick else "128x4,512x4,1024x8"))
-    repeats = args.repeats or (3 if args.quick else 5)
+    width, layers = parse_size(args.size)
+    repeats = args.repeats or (2 if args.quick else 5)
     init_ray(num_cpus=8, env_vars={"VLLM_LOGGING_LEVEL": "ERROR"})
-    measured = {}
     with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
-        for width, layers in sizes:
-            model_dir = make_model(Path(tmp) / f"{width}x{layers}" / "model", width, layers)
-            measured[f"{width}x{layers}"] = measure(model_dir, repeats)
-
-    iso_rows, summary = [], []
-    for size, m in measured.items():
-        total, gather, load = median(m["total_s"]), median(m["gather_s"]), median(m["load_s"])
-        iso_rows.append(
-            [size, m["mb"], gather, load, total - gather - load, total, m["mb"] / total, m["mb"] / load]
+        model_dir = make_model(Path(tmp) / "model", width, layers)
+        layout = model_layout(model_dir)
+        print(
+            f"[bench] weight_sync: {layout['params'] / 1e6:.0f}M parameters ({layout['mb']:.0f} MB float32), "
+            f"largest layer {layout['layer_mb']:.0f} MB, buckets of {args.bucket_mb:g} MB, {repeats} repeats",
+            flush=True,
         )
+        runs = measure(model_dir, args.bucket_mb, repeats)
+    results = {path: summarize(r) for path, r in runs.items()}
+    bound = args.bucket_mb + layout["layer_mb"]
+    full_s = results["split, full state dict"]["s"]
+
+    sync_rows, memory_rows, summary = [], [], []
+    for path, result in results.items():
+        worst = max(m["extra_mb"] for m in result["memory"].values())
+        sync_rows.append([path, result["s"], layout["mb"] / result["s"], full_s / result["s"], worst])
+        for label, m in result["memory"].items():
+            within = (
+                "n/a" if path.endswith("full state dict") else ("yes" if m["extra_mb"] <= bound else "NO")
+            )
+            memory_rows.append([path, label, m["rss_mb"], m["peak_mb"], m["extra_mb"], within])
         summary.append(
             row(
-                f"sync {size} ({m['mb']:.0f} MB)",
-                m["mb"] / total,
-                "MB/s",
-                f"end to end, {total:.2f} s; engine load alone {m['mb'] / load:.0f} MB/s",
+                f"sync {path}",
+                result["s"],
+                "s",
+                f"{layout['params'] / 1e6:.0f}M params: {full_s / result['s']:.2f}x the full-state-dict speed; "
+                f"peak extra memory {worst:.0f} MB in the worst process"
+                + ("" if path.endswith("full state dict") else f" (bound: bucket + layer = {bound:.0f} MB)"),
             )
         )
 
-    metrics = args.metrics if args.metrics is not None else sorted(args.out.glob("step_time/*/metrics.jsonl"))
+    metrics = args.metrics
+    if metrics is None:
+        metrics = sorted(args.out.glob("one_box/*/metrics.jsonl")) + sorted(
+            args.out.glob("step_time/*/metrics.jsonl")
+        )
     share_rows, shares = [], {}
     for path in metrics:
-        label = path.parent.name
+        label = f"{path.parent.parent.name}/{path.parent.name}"
         shares[label] = s = step_share(read_jsonl(path))
-        share_rows.append(
-            [label, s["mb"], s["sync_s"], s["step_s"], 100 * s["fraction"], s["mb"] / s["sync_s"]]
-        )
-        summary.append(
-            row(
-                f"sync share of a {label} step",
-                100 * s["fraction"],
-                "%",
-                f"{s['sync_s']:.2f} s of {s['step_s']:.2f} s, {s['mb']:.1f} MB (trainer run)",
-            )
-        )
-    if not metrics:
-        summary.append(
-            row(
-                "sync share of a step",
-                None,
-                "%",
-                "no trainer metrics: run step_time first with the same --out, or pass --metrics",
-            )
-        )
+        share_rows.append([label, s["mb"], s["sync_s"], s["step_s"], 100 * s["fraction"]])
     tables = {
-        f"isolated sync through the trainer's worker groups (median of {repeats}; s)": (
-            [
-                "model",
-                "MB",
-                "gather",
-                "load",
-                "transfer + dispatch",
-                "end to end",
-                "MB/s end to end",
-                "MB/s load",
-            ],
-            iso_rows,
-        )
+        f"sync time (median of {repeats}) and speed": (
+            ["path", "s", "MB/s", "x full state dict", "worst peak extra MB"],
+            sync_rows,
+        ),
+        f"memory per process during a sync (MB; bound for the streamed paths: {bound:.0f})": (
+            ["path", "process", "RSS before", "peak RSS", "peak extra", "within bound"],
+            memory_rows,
+        ),
     }
     if share_rows:
         tables["share of a training step (trainer runs; median over steps)"] = (
-            ["run", "MB", "sync s", "step s", "sync % of step", "MB/s"],
+            ["run", "MB", "sync s", "step s", "sync % of step"],
             share_rows,
         )
     return {
         "rows": summary,
         "tables": tables,
         "notes": [
-            "Model sizes WIDTHxLAYERS are random Qwen2 models (float32, head_dim 32) with the tiny tokenizer."
+            f"Model: a random Qwen2 {width}x{layers} (head_dim 32, tied embeddings) with the tiny tokenizer, "
+            "float32 everywhere; 2 FSDP ranks over gloo; engines are vLLM CPU builds.",
+            "Peak extra: VmHWM after the sync minus VmRSS before it (VmHWM reset through /proc/<pid>/clear_refs).",
         ],
-        "isolated": measured,
+        "model": layout,
+        "bucket_mb": args.bucket_mb,
+        "bound_mb": bound,
+        "results": results,
+        "runs": runs,
         "trainer_runs": {k: {**v, "metrics": str(p)} for (k, v), p in zip(shares.items(), metrics)},
     }
 

@@ -27,6 +27,9 @@ from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, send_output_to
 
 ROLE_ENV = "SFPO_ROLE"
 
+# The workers this process hosts, by role (a worker process runs one WorkerHost; see Worker.colocated).
+_HOSTED: dict[str, Worker] = {}
+
 
 class WorkerError(RuntimeError):
     """A worker failed: an exception in one of its methods (or its __init__), its process died, or a call
@@ -90,6 +93,17 @@ class Worker:
             return torch.device("cpu")
         return torch.device("cuda", self.local_rank if torch.cuda.device_count() > 1 else 0)
 
+    def colocated(self, role: str) -> Worker:
+        """The worker of `role` hosted in this same process (roles placed together with
+        `RayWorkerGroup.colocated`), e.g. the actor rank whose weights a colocated rollout engine loads."""
+        worker = _HOSTED.get(role)
+        if worker is None:
+            raise LookupError(
+                f"{self.role} worker: no '{role}' worker in this process (it hosts {sorted(_HOSTED)}); place the "
+                "roles together with RayWorkerGroup.colocated"
+            )
+        return worker
+
     def init_process_group(self, backend: str | None = None, timeout_s: float = 1800.0) -> None:
         """Join this group's default torch.distributed process group (gloo on CPU, nccl on GPU by default).
 
@@ -148,7 +162,7 @@ class WorkerHost:
                 worker.__init__(*args, **kwargs)
             except Exception as exc:
                 raise self._error(role, rank, cls.__name__, "__init__", exc) from None
-            self._workers[role] = worker
+            self._workers[role] = _HOSTED[role] = worker
 
     def kill_process(self) -> None:
         """SIGKILL this process, as an OOM killer or a lost node would (fault-injection tests)."""

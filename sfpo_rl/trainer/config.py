@@ -30,6 +30,7 @@ from sfpo_rl.workers.rollout_config import RolloutConfig
 
 __all__ = ["ConfigError", "RunConfig", "register_schema", "to_run_config"]
 
+PLACEMENTS = ("colocated", "split")
 WORKER_KILL = re.compile(r"(\d+):(actor|rollout|reward|ref):(\d+)")  # trainer.inject_worker_kill entries
 # Options a config group leaves for the user to fill in (`???` in its YAML), with how to give them.
 REQUIRED = {
@@ -116,16 +117,34 @@ class AlgorithmConfig:
 
 @dataclass
 class ResourcesConfig:
-    """How many workers of each role; `trainer.nnodes` / `trainer.n_gpus_per_node` say where they go."""
+    """How many workers of each role and whether actor and rollout share processes; `trainer.nnodes` /
+    `trainer.n_gpus_per_node` say where they go."""
 
+    # colocated: every actor rank's process also hosts a vLLM engine (and the reference policy), on the same
+    # GPU; the engine sleeps while the actor trains. split: engines on their own processes and GPUs.
+    placement: str = "split"
     actor_ranks_per_node: int = 2  # FSDP ranks per node (one GPU each on a GPU run)
-    rollout_workers_per_node: int = 1  # vLLM engines per node (rollout.tensor_parallel_size GPUs each)
+    # split: vLLM engines per node (rollout.tensor_parallel_size GPUs each); colocated: one per actor rank.
+    rollout_workers_per_node: int = 1
     reward_workers: int = 1  # CPU-only verifier processes, anywhere in the cluster
+    # colocated, GPU: the actor's optimizer state waits in host memory while the engine generates.
+    offload_optimizer: bool = False
 
     def __post_init__(self) -> None:
+        require(self.placement in PLACEMENTS, "resources.placement", " or ".join(PLACEMENTS), self.placement)
         for name in ("actor_ranks_per_node", "rollout_workers_per_node", "reward_workers"):
             value = getattr(self, name)
             require(is_int(value) and value >= 1, f"resources.{name}", "an integer >= 1", value)
+        require(isinstance(self.offload_optimizer, bool), "resources.offload_optimizer", "true or false")
+        require(
+            not self.offload_optimizer or self.placement == "colocated",
+            "resources.offload_optimizer",
+            "false with resources.placement=split (the optimizer state only makes room for a colocated engine)",
+        )
+
+    @property
+    def colocated(self) -> bool:
+        return self.placement == "colocated"
 
 
 @dataclass
@@ -220,6 +239,13 @@ class RunConfig:
     def actor_world_size(self) -> int:
         return self.trainer.nnodes * self.resources.actor_ranks_per_node
 
+    @property
+    def rollout_world_size(self) -> int:
+        """vLLM engines: one per actor rank when colocated."""
+        if self.resources.colocated:
+            return self.actor_world_size
+        return self.trainer.nnodes * self.resources.rollout_workers_per_node
+
     def __post_init__(self) -> None:
         """The rules between sections."""
         algo, rollout, actor, res, trainer = (
@@ -240,17 +266,27 @@ class RunConfig:
             "algorithm.use_kl_in_reward",
             "false when actor.use_kl_loss is true (choose one place for the KL term)",
         )
-        gpus = res.actor_ranks_per_node * (2 if self.uses_ref else 1)
-        gpus += res.rollout_workers_per_node * rollout.tensor_parallel_size
+        if res.colocated:
+            require(
+                rollout.tensor_parallel_size == 1,
+                "rollout.tensor_parallel_size",
+                "1 with resources.placement=colocated (each actor rank hosts a whole engine); use "
+                "resources.placement=split for tensor-parallel engines",
+            )
+            gpus, shared = res.actor_ranks_per_node, "actor, reference and rollout share each rank's GPU"
+        else:
+            gpus = res.actor_ranks_per_node * (2 if self.uses_ref else 1)
+            gpus += res.rollout_workers_per_node * rollout.tensor_parallel_size
+            shared = "actor, reference and rollout use separate GPUs with resources.placement=split"
         require(
             trainer.n_gpus_per_node == 0 or gpus <= trainer.n_gpus_per_node,
             "resources.actor_ranks_per_node",
-            f"such that actor (+ reference) ranks + rollout GPUs per node ({gpus}) fit in trainer.n_gpus_per_node="
-            f"{trainer.n_gpus_per_node} (actor and rollout use separate GPUs)",
+            f"such that the GPUs per node ({gpus}) fit in trainer.n_gpus_per_node={trainer.n_gpus_per_node} "
+            f"({shared})",
         )
         ranks = {
             "actor": self.actor_world_size,
-            "rollout": trainer.nnodes * res.rollout_workers_per_node,
+            "rollout": self.rollout_world_size,
             "reward": res.reward_workers,
             "ref": self.actor_world_size if self.uses_ref else 0,
         }

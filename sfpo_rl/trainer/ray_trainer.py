@@ -3,6 +3,8 @@
 The driver holds no model. Each step it moves one batch through the worker groups:
 rollout -> reward -> old log-probs (-> reference log-probs) -> advantages -> SFPO or plain update -> weight
 sync, with validation and atomic checkpoints every N steps. A run resumes from its newest valid checkpoint.
+Both placements run this same loop; with `resources.placement=colocated` generating wakes the engines and
+actor work puts them to sleep first (GPU memory goes to whichever works).
 
 A rollout, reward or reference worker that dies (or hangs past `trainer.worker_timeout_s`) is replaced and
 the step's work before the update is redone (rollouts are seeded per prompt, so the result is the same), up
@@ -34,7 +36,7 @@ from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import RunConfig
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
-from sfpo_rl.trainer.workers import RESTARTABLE_ROLES, WorkerGroups
+from sfpo_rl.trainer.workers import WorkerGroups
 from sfpo_rl.workers.reward import reward_metrics
 from sfpo_rl.workers.update_result import UpdateResult
 
@@ -163,10 +165,11 @@ class RLTrainer:
     def make_experience(self, prompts: Batch, t: dict[str, float]) -> Batch:
         """Rollouts of the current policy with rewards, old (and reference) log-probs and advantages."""
         with timed(t, "generate"):
-            batch = self.groups.rollout.generate(prompts)
+            batch = self.groups.generate(prompts)  # colocated engines wake first
         with timed(t, "reward"):
             batch = batch.union(self.groups.reward.compute_score(batch))
         with timed(t, "old_log_prob"):
+            self.groups.to_training()  # colocated engines sleep: their memory goes to the actor
             batch = batch.union(self.groups.actor.compute_log_prob(batch).select(keys=["old_log_probs"]))
         if self.groups.ref is not None:
             with timed(t, "ref_log_prob"):
@@ -176,13 +179,14 @@ class RLTrainer:
 
     def _restarting_dead_workers(self, work: Callable[[], Any]) -> Any:
         """`work()`, redone after replacing a rollout, reward or reference group whose worker died or hung
-        (the work must not change the actor), while `trainer.max_worker_restarts` allows."""
+        (the work must not change the actor; colocated workers are the actor's processes and are not
+        replaced), while `trainer.max_worker_restarts` allows."""
         limit = self.config.trainer.max_worker_restarts
         while True:
             try:
                 return work()
             except WorkerError as err:
-                if not ((err.died or err.timed_out) and err.role in RESTARTABLE_ROLES):
+                if not ((err.died or err.timed_out) and err.role in self.groups.restartable_roles):
                     raise
                 if self.worker_restarts >= limit:
                     err.add_note(f"no worker restarts left (trainer.max_worker_restarts={limit})")
@@ -261,7 +265,7 @@ class RLTrainer:
         return {**metrics, **timings}
 
     def _score_validation(self) -> Batch:
-        batch = self.groups.rollout.generate(self.val_batch, validate=True)
+        batch = self.groups.generate(self.val_batch, validate=True)
         return batch.union(self.groups.reward.compute_score(batch))
 
     def _due(self, every: int) -> bool:
@@ -271,6 +275,7 @@ class RLTrainer:
     def save_checkpoint(self) -> Path:
         """Actor shards (DCP) + driver state, committed atomically as run_dir/checkpoints/step_N."""
         staging = self.checkpoints.staging_dir(self.step)
+        self.groups.to_training()  # an offloaded optimizer state comes back before it is saved
         self.groups.actor.save_checkpoint(str(staging / "actor"))
         state = {
             **asdict(self.progress),

@@ -142,7 +142,9 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
     def build(role: str) -> RayWorkerGroup:
         """One role in its own pool (split placement; the reward group always)."""
         if role in specs:
-            group = RayWorkerGroup(ResourcePool(nodes, use_gpu=use_gpu, name=role), specs[role][0], role, *specs[role][1])
+            group = RayWorkerGroup(
+                ResourcePool(nodes, use_gpu=use_gpu, name=role), specs[role][0], role, *specs[role][1]
+            )
         elif role == "rollout":
             pool = ResourcePool(
                 [res.rollout_workers_per_node] * trainer.nnodes,
@@ -191,7 +193,9 @@ def _ready(group: RayWorkerGroup, config: RunConfig) -> RayWorkerGroup:
     return group
 
 
-def _start_concurrently(jobs: dict[str, Callable[[], dict[str, RayWorkerGroup]]]) -> dict[str, RayWorkerGroup]:
+def _start_concurrently(
+    jobs: dict[str, Callable[[], dict[str, RayWorkerGroup]]],
+) -> dict[str, RayWorkerGroup]:
     """Run each job (it starts groups and waits for them) in its own thread; if any fails, shut down the
     groups the others started and raise the first failure."""
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:

@@ -15,7 +15,7 @@ from sfpo_rl.workers.actor import FSDPActor
 from sfpo_rl.workers.actor_config import ActorConfig
 from sfpo_rl.workers.fsdp_utils import DTYPES
 from sfpo_rl.workers.update_result import UpdateResult
-from sfpo_rl.workers.weight_sync import WeightBucket, gather_bucket
+from sfpo_rl.workers.weight_sync import WeightBucket, gather_bucket, weight_plan
 
 
 def join_ranks(worker: Worker) -> None:
@@ -53,7 +53,9 @@ class ActorWorker(Worker):
     def weight_bucket(self, index: int, bucket_mb: float, dtype: str | None = None) -> WeightBucket | None:
         """Bucket `index` of a streamed weight sync (see weight_sync) in host memory on rank 0, None on the
         others; `dtype` (e.g. "bfloat16") casts before the gather. Collective."""
-        bucket = gather_bucket(self.actor.model, index, bucket_mb, DTYPES[dtype] if dtype else None)
+        cast = DTYPES[dtype] if dtype else None
+        plan = weight_plan(self.actor.model, bucket_mb, cast)
+        bucket = gather_bucket(self.actor.model, plan, index, cast)
         return bucket if self.rank == 0 else None
 
     @register(Dispatch.ALL)

@@ -31,8 +31,12 @@ class RolloutConfig:
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True  # n samples of one prompt share its KV cache
     seed: int = 0  # engine seed; a worker group adds the rank
-    free_cache_engine: bool = False  # GPU, colocated with the actor: sleep/wake_up release and restore memory
+    # GPU, resources.placement=colocated: the engine sleeps (releases memory) while the actor trains.
+    free_cache_engine: bool = False
     sleep_level: int = 1  # 1: offload weights to CPU, drop KV cache; 2: drop both (weights re-synced after)
+    # Weight sync: whole decoder layers are gathered, sent and loaded at most this many MB (rollout dtype) at a
+    # time (a larger layer goes alone); peak extra memory per process is about one bucket plus one layer.
+    sync_bucket_mb: float = 512.0
     val_n: int = 1
     val_temperature: float = 0.0  # 0: greedy
     val_top_p: float = 1.0
@@ -92,6 +96,12 @@ class RolloutConfig:
         )
         require(is_int(self.seed), "rollout.seed", "an integer")
         require(self.sleep_level in (1, 2), "rollout.sleep_level", "1 or 2")
+        require(
+            is_number(self.sync_bucket_mb) and self.sync_bucket_mb > 0,
+            "rollout.sync_bucket_mb",
+            "a number of MB > 0",
+            self.sync_bucket_mb,
+        )
         for name in ("enforce_eager", "enable_prefix_caching", "free_cache_engine"):
             require(isinstance(getattr(self, name), bool), f"rollout.{name}", "true or false")
 

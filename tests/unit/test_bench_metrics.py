@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sfpo_rl.bench.step_time import breakdown_table, phase_breakdown
-from sfpo_rl.bench.weight_sync import parse_sizes, step_share
+from sfpo_rl.bench.weight_sync import parse_size, step_share
 
 
 def _step(step: int, generate: float, update: float, sync: float, other: float) -> dict:
@@ -62,7 +62,7 @@ def test_step_share_is_the_median_per_step_ratio():
     assert share["sync_s"] == 2.0 and share["mb"] == 3.0 and share["load_s"] == 1.0
 
 
-def test_parse_sizes():
-    assert parse_sizes("128x4, 512x8") == [(128, 4), (512, 8)]
+def test_parse_size():
+    assert parse_size(" 1024x8") == (1024, 8)
     with pytest.raises(ValueError, match="'512' is not WIDTHxLAYERS"):
-        parse_sizes("512")
+        parse_size("512")

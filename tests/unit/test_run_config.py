@@ -66,7 +66,27 @@ def test_groups_switch_algorithm_and_hardware():
     assert not to_run_config(composed("algorithm=grpo")).algorithm.sfpo.enable
     gpu = to_run_config(composed("hardware=gpu", "actor.ppo_mini_batch_size=64"))
     assert gpu.trainer.n_gpus_per_node == 8 and gpu.actor.param_dtype == "bfloat16"
-    assert gpu.resources.actor_ranks_per_node == 4 and not gpu.rollout.enforce_eager
+    assert gpu.resources.actor_ranks_per_node == 8 and not gpu.rollout.enforce_eager
+    # GPU nodes default to the hybrid engine: every rank hosts an engine that sleeps while the actor trains.
+    assert gpu.resources.placement == "colocated" and gpu.rollout.free_cache_engine
+    assert gpu.rollout_world_size == 8
+    split = to_run_config(
+        composed(
+            "hardware=gpu",
+            "resources.placement=split",
+            "resources.actor_ranks_per_node=4",
+            "resources.rollout_workers_per_node=4",
+            "actor.ppo_mini_batch_size=64",
+        )
+    )
+    assert split.rollout_world_size == 4 and split.actor_world_size == 4
+
+
+def test_colocated_placement_has_one_engine_per_actor_rank():
+    config = to_run_config(
+        composed("resources.placement=colocated", "trainer.inject_worker_kill=[3:rollout:1]")
+    )
+    assert config.rollout_world_size == config.actor_world_size == 2
 
 
 @pytest.mark.parametrize(
@@ -97,6 +117,21 @@ def test_groups_switch_algorithm_and_hardware():
         (["trainer.inject_worker_kill=[3:reward]"], "trainer.inject_worker_kill must be a list of"),
         (["trainer.inject_worker_kill=[3:actor:2]"], "got ['3:actor:2']"),  # 2 actor ranks: 0 and 1
         (["trainer.inject_worker_kill=[3:ref:0]"], "got ['3:ref:0']"),  # no KL term: no reference workers
+        (["trainer.inject_worker_kill=[3:rollout:1]"], "got ['3:rollout:1']"),  # split: one engine
+        (["resources.placement=both"], "resources.placement must be colocated or split, got 'both'"),
+        (
+            ["resources.placement=colocated", "rollout.tensor_parallel_size=2"],
+            "rollout.tensor_parallel_size must be 1 with resources.placement=colocated",
+        ),
+        (
+            ["resources.offload_optimizer=true"],
+            "resources.offload_optimizer must be false with resources.placement=split",
+        ),
+        (["rollout.sync_bucket_mb=0"], "rollout.sync_bucket_mb must be a number of MB > 0, got 0"),
+        (
+            ["hardware=gpu", "resources.placement=split", "actor.ppo_mini_batch_size=64"],
+            "the GPUs per node (9) fit in trainer.n_gpus_per_node=8",
+        ),
     ],
 )
 def test_invalid_values_and_combinations_name_the_option(overrides, message):

@@ -137,6 +137,9 @@ class FakeActor:
 class FakeGroups:
     actor = FakeActor()
 
+    def to_training(self) -> None:
+        pass
+
     def sync_weights(self) -> dict:
         return {}
 

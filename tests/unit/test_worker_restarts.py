@@ -10,6 +10,8 @@ from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainerState
 
 
 class RecordingGroups:
+    restartable_roles = ("rollout", "reward", "ref")  # split placement's
+
     def __init__(self):
         self.restarted: list[str] = []
 

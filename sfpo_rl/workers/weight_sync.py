@@ -1,0 +1,116 @@
+"""Streamed weight sync: the actor's full weights reach the rollout engines one bucket at a time, never as a
+whole state dict in one place.
+
+A bucket is a run of consecutive state-dict entries (HF names) of whole decoder layers, packed in order up to
+`rollout.sync_bucket_mb` in the rollout dtype; a layer larger than that is a bucket of its own, and weights
+outside the decoder layers (embeddings, final norm, LM head) each count as a layer. vLLM re-processes a layer
+once all of its weights have arrived, so a bucket is always loadable on its own. Each tensor is gathered from
+its FSDP shards with `full_tensor()` (cast to the rollout dtype first, which also halves the traffic for
+bf16), on every rank together. Peak extra memory on any rank is one bucket plus the layer the engine is
+processing.
+
+- colocated (`stream_weights`): every actor rank feeds the engine in its own process: a bucket is gathered,
+  handed to the engine, and dropped before the next one is gathered. Nothing goes through Ray.
+- split (`gather_bucket`): every actor rank gathers bucket i; rank 0 hands it (in host memory) to the
+  engines, which load it before bucket i + 1 is gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+
+MIB = 2**20
+
+
+@dataclass
+class WeightBucket:
+    """Bucket `index` of `count` in one sync: full tensors with HF names."""
+
+    index: int
+    count: int
+    tensors: dict[str, torch.Tensor]
+
+
+def plan_buckets(
+    entries: Sequence[tuple[str, int]], layer_of: Callable[[str], str], bucket_bytes: float
+) -> list[list[str]]:
+    """Names (in order) grouped into buckets: consecutive entries of one layer stay together, and whole layers
+    are packed into a bucket while it stays within `bucket_bytes`; a layer larger than that is a bucket alone.
+    `entries` are (name, bytes) pairs."""
+    layers: list[tuple[str, list[str], int]] = []  # (layer, names, bytes)
+    for name, nbytes in entries:
+        layer = layer_of(name)
+        if layers and layers[-1][0] == layer:
+            layers[-1][1].append(name)
+            layers[-1] = (layer, layers[-1][1], layers[-1][2] + nbytes)
+        else:
+            layers.append((layer, [name], nbytes))
+    buckets: list[list[str]] = []
+    filled = 0
+    for _, names, nbytes in layers:
+        if buckets and filled + nbytes <= bucket_bytes:
+            buckets[-1].extend(names)
+            filled += nbytes
+        else:
+            buckets.append(list(names))
+            filled = nbytes
+    return buckets
+
+
+def weight_plan(model: nn.Module, bucket_mb: float, dtype: torch.dtype | None) -> list[list[str]]:
+    """The buckets of the FSDP-sharded `model`'s state dict (see `plan_buckets`); the same on every rank."""
+    # The decoder layers are the modules fully_shard wrapped below the root.
+    prefixes = [
+        f"{name}." for name, module in model.named_modules() if name and isinstance(module, FSDPModule)
+    ]
+
+    def layer_of(name: str) -> str:
+        return next((p for p in prefixes if name.startswith(p)), name)
+
+    entries = [(name, t.numel() * (dtype or t.dtype).itemsize) for name, t in model.state_dict().items()]
+    return plan_buckets(entries, layer_of, bucket_mb * MIB)
+
+
+@torch.no_grad()
+def _gather(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The full tensor from this rank's shard (collective for a DTensor), in `dtype`."""
+    if dtype is not None and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)  # the shard, before the gather
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def stream_weights(
+    model: nn.Module, plan: list[list[str]], dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, full tensor) pairs, gathered one bucket of `plan` at a time (a bucket is dropped before the
+    next is gathered). Collective: every rank must exhaust the iterator."""
+    state = model.state_dict()
+    for names in plan:
+        bucket = [(name, _gather(state[name], dtype)) for name in names]
+        while bucket:  # hand each tensor over and drop this generator's reference to it
+            yield bucket.pop(0)
+
+
+def gather_bucket(
+    model: nn.Module, plan: list[list[str]], index: int, dtype: torch.dtype | None = None
+) -> WeightBucket:
+    """Bucket `index` of `plan`, gathered on every rank (collective) into host memory as compact tensors
+    (what goes through Ray's object store is each tensor's own bytes, not a larger buffer it views)."""
+    if not 0 <= index < len(plan):
+        raise IndexError(f"weight bucket {index} of {len(plan)}")
+    state = model.state_dict()
+    tensors = {}
+    for name in plan[index]:
+        full = _gather(state[name], dtype)
+        tensors[name] = full.to("cpu", copy=True) if full.device.type != "cpu" or _is_view(full) else full
+    return WeightBucket(index, len(plan), tensors)
+
+
+def _is_view(tensor: torch.Tensor) -> bool:
+    return not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != tensor.nbytes
