@@ -1,7 +1,7 @@
 """Micro-batches formed by a token budget instead of a fixed row count.
 
-Rows of similar length go together: sorted by length, longest first, each micro-batch takes rows while its
-cost stays within the budget. The cost is what the forward computes: padded, rows x (longest prompt + longest
+Rows of similar length go together: sorted by response length (then prompt length), longest first, each
+micro-batch takes rows while its cost stays within the budget. The cost is what the forward computes: padded, rows x (longest prompt + longest
 response) of the micro-batch (the actor cuts the columns that are padding in every row); packed
 (padding-free), the sum of the rows' real lengths. A row that alone exceeds the budget gets a micro-batch of
 its own. The plan depends only on the lengths (ties keep row order), so a resumed run forms the same
@@ -44,7 +44,7 @@ def plan_micro_batches(
     packed: bool,
     min_count: int = 0,
 ) -> list[list[int]]:
-    """Row indices of each micro-batch, every row exactly once, longest rows first.
+    """Row indices of each micro-batch, every row exactly once, longest responses first.
 
     `min_count` asks for at least that many micro-batches (ranks must run the same number of forward and
     backward passes): the costliest micro-batch is halved until there are enough, which only lowers costs.
@@ -56,7 +56,9 @@ def plan_micro_batches(
     n = len(prompt_lens)
     if min_count > n:
         raise ValueError(f"cannot form {min_count} non-empty micro-batches from {n} rows")
-    order = sorted(range(n), key=lambda i: (-(prompt_lens[i] + response_lens[i]), i))
+    # Responses first: their lengths spread far wider than prompts', and a padded micro-batch is as wide as
+    # its longest prompt plus its longest response.
+    order = sorted(range(n), key=lambda i: (-response_lens[i], -prompt_lens[i], i))
     groups: list[list[int]] = []
     for i in order:
         if groups and micro_batch_cost(prompt_lens, response_lens, [*groups[-1], i], packed) <= max_tokens:

@@ -18,7 +18,15 @@ from typing import Any
 from sfpo_rl.bench.common import NOISE_NOTE, machine_info, row, summary_table, write_result
 
 # step_time before weight_sync: the latter reads the former's trainer runs for the share of a step.
-BENCHMARKS = ("rollout", "step_time", "weight_sync", "sfpo_overhead", "throughput", "reward_robustness")
+BENCHMARKS = (
+    "rollout",
+    "step_time",
+    "weight_sync",
+    "sfpo_overhead",
+    "throughput",
+    "token_budget",
+    "reward_robustness",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

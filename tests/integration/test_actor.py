@@ -61,8 +61,9 @@ CONFIG = dict(
 )
 FIRST_STEP_LR = CONFIG["lr"] * 0.5
 # The defaults: micro-batches by token budget, rows grouped by length. 28 tokens split rank 1's first local
-# mini-batch (rows of 8, 13 and 12 tokens) into rows [1, 2] (2 x 14 columns) and [0]; rank 0's (5, 8 and 6
-# tokens) would fit one micro-batch (3 x 9 columns), and is split to match rank 1's count: [1, 2] and [0].
+# mini-batch (prompts 2, 6, 4, responses 6, 7, 8 tokens) into rows [2, 1] (2 x 14 columns) and [0]; rank 0's
+# (prompts 2, 3, 4, responses 3, 5, 2) would fit one micro-batch (3 x 9 columns), and is split to match rank
+# 1's count: [1, 0] and [2].
 TOKEN_BUDGET = {
     **{k: v for k, v in CONFIG.items() if k not in ("micro_batch_size_per_gpu", "log_prob_micro_batch_size")},
     "max_tokens_per_micro_batch": 28,
@@ -155,7 +156,7 @@ def _log_probs(actor: FSDPPolicy, batch, rank: int, name: str) -> dict:
 
 
 def _mini_batch_gradients(model_dir: str, config: dict, local) -> dict:
-    """The full gradient of global mini-batch 0 (reduced over ranks), this rank's micro-batches (rows), and how
+    """The full gradient of global mini-batch 0 (reduced over ranks), each rank's micro-batches (rows), and how
     many gradient reductions per FSDP module (decoder layer or root) the backward ran."""
     actor = FSDPActor(model_dir, config)
     data = actor._training_data(local)
@@ -172,8 +173,10 @@ def _mini_batch_gradients(model_dir: str, config: dict, local) -> dict:
         fsdp_param_group.foreach_reduce = reduce
     grads = {name: p.grad.full_tensor() for name, p in actor.model.named_parameters()}
     rows = [g.tolist() for g in actor._micro_batches(mini, config.get("micro_batch_size_per_gpu"), True)]
+    per_rank = [None] * WORLD
+    dist.all_gather_object(per_rank, rows)
     modules = sum(isinstance(m, FSDPModule) for m in actor.model.modules())
-    return {"grads": grads, "micro_batch_rows": rows, "reductions_per_module": len(reductions) / modules}
+    return {"grads": grads, "micro_batch_rows": per_rank, "reductions_per_module": len(reductions) / modules}
 
 
 def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, out_dir: str) -> None:
@@ -351,9 +354,9 @@ def test_mini_batch_gradient_equals_present_path_and_single_process_reference(se
     assert vs_reference < 1e-5 and vs_present < 1e-5 and present_vs_reference < 1e-5
     # Two micro-batches: the present path reduces gradients after each, the others once per mini-batch.
     assert present["reductions_per_module"] == 2 and got["reductions_per_module"] == 1
-    assert present["micro_batch_rows"] == [[0, 1], [2]]
+    assert present["micro_batch_rows"] == [[[0, 1], [2]]] * WORLD
     if path != "no_sync":  # rows grouped by length, not the fixed-count split
-        assert got["micro_batch_rows"] == [[1, 2], [0]]
+        assert got["micro_batch_rows"] == [[[1, 0], [2]], [[2, 1], [0]]]
 
 
 @pytest.mark.parametrize("path", ["token_budget", "packed"])

@@ -31,7 +31,7 @@ def test_cost_hand_worked():
 
 
 def test_plan_hand_worked():
-    # Lengths 12, 30, 8, 28, 10 (prompt 2 each): longest first -> 30 (row 1), 28 (3), 12 (0), 10 (4), 8 (2).
+    # Responses 10, 28, 6, 26, 8 (prompt 2 each): longest first -> rows 1, 3, 0, 4, 2.
     prompts, responses = [2] * 5, [10, 28, 6, 26, 8]
     assert plan_micro_batches(prompts, responses, 60, packed=False) == [[1, 3], [0, 4, 2]]
     assert plan_micro_batches(prompts, responses, 40, packed=True) == [[1], [3, 0], [4, 2]]
@@ -54,10 +54,12 @@ def test_plan_covers_every_row_once_within_budget(packed, seed):
 def test_rows_of_similar_length_go_together():
     prompts, responses = _long_tailed(64, 3)
     groups = plan_micro_batches(prompts, responses, 400, packed=False)
-    lengths = [[prompts[i] + responses[i] for i in g] for g in groups]
-    # Longest first, and no row is longer than any row of an earlier micro-batch.
+    lengths = [[responses[i] for i in g] for g in groups]
+    # Longest responses first, and no response is longer than any of an earlier micro-batch.
     for earlier, later in zip(lengths, lengths[1:]):
         assert min(earlier) >= max(later)
+    # Ties in response length: longer prompts first.
+    assert plan_micro_batches([1, 3, 2], [5, 5, 5], 100, packed=True) == [[1, 2, 0]]
 
 
 def test_plan_depends_only_on_lengths():
