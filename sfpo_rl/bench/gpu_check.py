@@ -176,7 +176,7 @@ def _peak_memory(device: torch.device, fn, *args: Any) -> tuple[Any, float | Non
 
 def _with_old_log_probs(actor: FSDPActor, batch: Batch) -> Batch:
     """The batch with old_log_probs from the actor's current weights (as the trainer computes them)."""
-    batch = batch.select(keys=list(batch.keys()), non_tensor_keys=[])
+    batch = batch.select()
     batch["old_log_probs"] = actor.compute_log_prob(batch)["old_log_probs"]
     return batch
 
