@@ -50,7 +50,11 @@ def padded_rollouts(
 
 
 def long_tailed_lengths(
-    count: int, median: int, max_ratio: float = 8.0, sigma: float = 1.0, generator: torch.Generator | None = None
+    count: int,
+    median: int,
+    max_ratio: float = 8.0,
+    sigma: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> list[int]:
     """Log-normal lengths with this median, cut at `max_ratio` x the median (sigma 1: about 2% reach the cut, a
     quarter are over twice the median), at least 1."""
