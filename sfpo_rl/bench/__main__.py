@@ -17,10 +17,11 @@ from typing import Any
 
 from sfpo_rl.bench.common import NOISE_NOTE, machine_info, row, summary_table, write_result
 
-# step_time before weight_sync: the latter reads the former's trainer runs for the share of a step.
+# step_time and one_box before weight_sync: the latter reads their trainer runs for the share of a step.
 BENCHMARKS = (
     "rollout",
     "step_time",
+    "one_box",
     "weight_sync",
     "sfpo_overhead",
     "throughput",
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}"
     )
     parser.add_argument(
-        "--cache-dir", default=None, help="step_time: the warm-started tiny model's cache dir"
+        "--cache-dir", default=None, help="step_time, one_box: the warm-started tiny model's cache dir"
     )
     args = parser.parse_args(argv)
     args.only = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -57,7 +58,7 @@ def run_one(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
         str(args.out),
         *(["--quick"] if args.quick else []),
     ]
-    if name == "step_time" and args.cache_dir:
+    if name in ("step_time", "one_box") and args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
     log = args.out / f"{name}.log"
     result_path = args.out / f"{name}.json"

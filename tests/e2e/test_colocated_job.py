@@ -1,0 +1,84 @@
+"""The main job with `resources.placement=colocated`, as a user runs it: each of the 2 FSDP ranks' processes
+also hosts a vLLM CPU engine, fed from its own shards; the same loop trains, validates, checkpoints and exports,
+and a run continued from its step-2 checkpoint reproduces step 3 and the final weights bit for bit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sfpo_rl.trainer.tracking import read_jsonl
+
+pytestmark = pytest.mark.slow  # starts Ray, vLLM and torch.distributed
+
+COLOCATED_RUN = [
+    sys.executable,
+    "-m",
+    "sfpo_rl.trainer.main",
+    "resources.placement=colocated",
+    "data.train_batch_size=8",
+    "rollout.n=4",
+    "actor.ppo_mini_batch_size=16",
+    "data.val_max_samples=32",
+    "trainer.logger=[console]",
+    "trainer.total_steps=3",
+    "trainer.val_every=3",
+    "trainer.save_every=2",
+    "algorithm.sfpo.inner_steps=2",
+]
+
+
+def train(run_dir: Path, cache_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [*COLOCATED_RUN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache_dir}", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def colocated_run(tmp_path_factory, warmstart_cache):
+    run_dir = tmp_path_factory.mktemp("colocated_run")
+    return run_dir, train(run_dir, warmstart_cache)
+
+
+def test_colocated_run_trains_with_an_engine_in_each_actor_process(colocated_run):
+    run_dir, proc = colocated_run
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    train_rows = rows[1:]
+    assert all(r["sfpo/active"] == 1.0 and r["actor/n_optimizer_steps"] == 2 for r in train_rows)
+    assert all(r["sync/load_weights_tensors"] > 0 and r["sync/buckets"] >= 1 for r in train_rows)
+    assert rows[3]["perf/rollouts"] == 96 and "val/acc" in rows[0] and "val/acc" in rows[3]
+
+    workers = json.loads((run_dir / "workers.json").read_text())
+    pids = [[rank["pid"] for rank in workers[role]] for role in ("actor", "rollout")]
+    assert pids[0] == pids[1] and len(set(pids[0])) == 2  # two processes, each an actor rank and an engine
+    assert "placement: actor+rollout: node" in proc.stdout
+    logs = {p.name for p in (run_dir / "logs").iterdir()}
+    assert {"actor+rollout-rank0.log", "actor+rollout-rank1.log"} <= logs and "rollout-rank0.log" not in logs
+    assert (run_dir / "final_model" / "model.safetensors").is_file()
+
+
+def test_a_colocated_run_continued_from_a_checkpoint_matches_the_uninterrupted_run(
+    colocated_run, warmstart_cache, tmp_path
+):
+    run_dir, _ = colocated_run
+    proc = train(tmp_path, warmstart_cache, f"trainer.resume={run_dir / 'checkpoints' / 'step_2'}")
+    assert "at step 2" in proc.stdout
+    resumed, uninterrupted = (
+        read_jsonl(tmp_path / "metrics.jsonl")[-1],
+        read_jsonl(run_dir / "metrics.jsonl")[-1],
+    )
+    assert resumed["step"] == uninterrupted["step"] == 3
+    deterministic = sorted(k for k in uninterrupted if not k.startswith(("timing/", "perf/", "sync/")))
+    assert len(deterministic) > 30
+    assert {k: resumed[k] for k in deterministic} == {k: uninterrupted[k] for k in deterministic}
+    final = load_file(tmp_path / "final_model" / "model.safetensors")
+    reference = load_file(run_dir / "final_model" / "model.safetensors")
+    assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
