@@ -9,8 +9,9 @@ of every process for the three ways the weights can travel, through the trainer'
   and the engine reloads it from the object store in one piece.
 
 Memory: each process's high-water mark RSS (VmHWM, reset through /proc/<pid>/clear_refs right before each
-sync) minus its RSS before the sync: what the sync itself added at its peak. The bound the streamed paths are
-held to is one bucket plus the largest layer. Repeats follow a warm-up sync; the paths on the split groups are
+sync) minus its RSS before the sync: what the sync itself added at its peak, reported also in units of one
+bucket plus the largest layer (what a streamed sync should stay near: the bucket in flight and the layer the
+engine re-processes) and of the whole model. Repeats follow a warm-up sync; the paths on the split groups are
 interleaved.
 
 Share of a step: from trainer runs' metrics.jsonl (`timing/sync` / `timing/step`), by default those the
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         runs = measure(model_dir, args.bucket_mb, repeats)
     results = {path: summarize(r) for path, r in runs.items()}
-    bound = args.bucket_mb + layout["layer_mb"]
+    unit = args.bucket_mb + layout["layer_mb"]  # one bucket plus one layer
     full_s = results["split, full state dict"]["s"]
 
     sync_rows, memory_rows, summary = [], [], []
@@ -233,18 +234,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worst = max(m["extra_mb"] for m in result["memory"].values())
         sync_rows.append([path, result["s"], layout["mb"] / result["s"], full_s / result["s"], worst])
         for label, m in result["memory"].items():
-            within = (
-                "n/a" if path.endswith("full state dict") else ("yes" if m["extra_mb"] <= bound else "NO")
+            extra = m["extra_mb"]
+            memory_rows.append(
+                [path, label, m["rss_mb"], m["peak_mb"], extra, extra / unit, extra / layout["mb"]]
             )
-            memory_rows.append([path, label, m["rss_mb"], m["peak_mb"], m["extra_mb"], within])
         summary.append(
             row(
                 f"sync {path}",
                 result["s"],
                 "s",
                 f"{layout['params'] / 1e6:.0f}M params: {full_s / result['s']:.2f}x the full-state-dict speed; "
-                f"peak extra memory {worst:.0f} MB in the worst process"
-                + ("" if path.endswith("full state dict") else f" (bound: bucket + layer = {bound:.0f} MB)"),
+                f"peak extra memory {worst:.0f} MB in the worst process = {worst / unit:.2f} x (bucket + layer) "
+                f"= {worst / layout['mb']:.2f} x the model",
             )
         )
 
@@ -263,8 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ["path", "s", "MB/s", "x full state dict", "worst peak extra MB"],
             sync_rows,
         ),
-        f"memory per process during a sync (MB; bound for the streamed paths: {bound:.0f})": (
-            ["path", "process", "RSS before", "peak RSS", "peak extra", "within bound"],
+        f"memory per process during a sync (MB; bucket + layer = {unit:.0f}, model = {layout['mb']:.0f})": (
+            ["path", "process", "RSS before", "peak RSS", "peak extra", "x (bucket + layer)", "x model"],
             memory_rows,
         ),
     }
@@ -283,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "model": layout,
         "bucket_mb": args.bucket_mb,
-        "bound_mb": bound,
+        "bucket_plus_layer_mb": unit,
         "results": results,
         "runs": runs,
         "trainer_runs": {k: {**v, "metrics": str(p)} for (k, v), p in zip(shares.items(), metrics)},

@@ -14,7 +14,8 @@ a collective (those peers stay blocked; shut the group down).
 
 Colocation: `RayWorkerGroup.colocated(pool, {"actor": (ActorWorker, args, kwargs), "rollout": ...})` puts every
 role in the same process of each bundle and returns one group per role; their calls run one at a time in
-that process. Separate pools (one group each) are the default placement.
+that process, and a worker reaches the other roles of its process with `Worker.colocated(role)` (a colocated
+rollout engine loads its actor rank's weights that way). Separate pools (one group each) are the default.
 """
 
 from __future__ import annotations

@@ -85,7 +85,11 @@ class ColocatedRolloutWorker(RolloutWorker):
 
     @register(Dispatch.ALL)
     def prepare_generation(self) -> None:
-        """Generation next: the optimizer state goes to host memory (if so configured), then the engine wakes."""
+        """Generation next: weights the engine discarded in its sleep (level 2, e.g. for a checkpoint save after
+        the sync) are synced again, the optimizer state goes to host memory (if so configured), the engine
+        wakes."""
+        if self.rollout.weights_discarded:
+            self.sync_weights()
         if self.offload_optimizer:
             if self._optimizer is None:
                 self._optimizer = OptimizerOffload(self.actor.optimizer)

@@ -127,6 +127,7 @@ class VLLMRollout:
         self._failed_load: str | None = None  # set when a load_weights fails part-way
         self._sleep_enabled = config.free_cache_engine and torch.cuda.is_available()
         self._asleep: set[str] = set()  # what `sleep` released and no wake_up has restored yet
+        self.weights_discarded = False  # slept at sleep_level 2: no weights until the next complete load
         if config.free_cache_engine and not self._sleep_enabled:
             logger.info("rollout.free_cache_engine: sleep mode needs a GPU; sleep/wake_up are no-ops here")
         engine_args: dict[str, Any] = {
@@ -172,6 +173,11 @@ class VLLMRollout:
         resumed run draws the same samples; it takes precedence over a `seed` override.
         """
         self._check_weights_intact()
+        if self.weights_discarded:
+            raise RuntimeError(
+                "rollout.generate: the engine slept at rollout.sleep_level=2, which discards its weights; load the "
+                "policy's weights (a weight sync) before generating"
+            )
         self.wake_up()
         params, n, temperature = self._sampling_params(n, validate, sampling_overrides)
         prompt_ids = self._prompt_token_ids(batch)
@@ -329,6 +335,7 @@ class VLLMRollout:
                 "checkpoint names (e.g. 'model.layers.0.self_attn.q_proj.weight') with the checkpoint's shapes"
             ) from exc
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self.weights_discarded = self.weights_discarded and not complete
         elapsed = time.perf_counter() - start
         megabytes = counter.num_bytes / 2**20
         stats = {
@@ -360,6 +367,7 @@ class VLLMRollout:
             return
         self.llm.sleep(level=self.config.sleep_level)
         self._asleep = set(SLEEP_TAGS)
+        self.weights_discarded = self.config.sleep_level == 2
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Restore what `sleep` released (`tags`: a subset of "weights", "kv_cache"; None: everything); what is

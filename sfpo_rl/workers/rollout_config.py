@@ -35,7 +35,8 @@ class RolloutConfig:
     free_cache_engine: bool = False
     sleep_level: int = 1  # 1: offload weights to CPU, drop KV cache; 2: drop both (weights re-synced after)
     # Weight sync: whole decoder layers are gathered, sent and loaded at most this many MB (rollout dtype) at a
-    # time (a larger layer goes alone); peak extra memory per process is about one bucket plus one layer.
+    # time (a larger layer goes alone); the extra memory a sync needs per process is about one bucket plus the
+    # engine's work on one layer.
     sync_bucket_mb: float = 512.0
     val_n: int = 1
     val_temperature: float = 0.0  # 0: greedy

@@ -6,8 +6,8 @@ A bucket is a run of consecutive state-dict entries (HF names) of whole decoder 
 outside the decoder layers (embeddings, final norm, LM head) each count as a layer. vLLM re-processes a layer
 once all of its weights have arrived, so a bucket is always loadable on its own. Each tensor is gathered from
 its FSDP shards with `full_tensor()` (cast to the rollout dtype first, which also halves the traffic for
-bf16), on every rank together. Peak extra memory on any rank is one bucket plus the layer the engine is
-processing.
+bf16), on every rank together. Peak extra memory in any process is about one bucket plus what the engine needs
+to re-process one layer (the layer rebuilt and, on the CPU build, repacked), never a whole state dict.
 
 - colocated (`stream_weights`): every actor rank feeds the engine in its own process: a bucket is gathered,
   handed to the engine, and dropped before the next one is gathered. Nothing goes through Ray.

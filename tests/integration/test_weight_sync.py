@@ -90,7 +90,29 @@ def fresh_engine_generations(export_dir, chunks: int) -> dict[str, Batch]:
     }
 
 
-def test_colocated_engines_take_the_actors_weights_from_its_shards(
+def sync_and_compare(groups: WorkerGroups, tiny_model_dir, export_dir, chunks: int) -> None:
+    """Train one step, sync, and check the engines now generate what a fresh engine loaded from the exported
+    weights generates (and did not before). Shuts the groups down."""
+    try:
+        before = generations(groups.generate)
+        train_one_step(groups, tiny_model_dir)
+        stats = groups.sync_weights()
+        # Colocated on CPU: sleeping, waking and the optimizer offload change nothing, but the calls run.
+        groups.to_training()
+        after = generations(groups.generate)
+        groups.actor.export_hf(str(export_dir))
+    finally:
+        groups.shutdown()
+    expected = fresh_engine_generations(export_dir, chunks)
+    assert not torch.equal(before["greedy"]["responses"], expected["greedy"]["responses"])
+    assert_same(after, expected)
+    assert (
+        stats["sync/buckets"] == 5 and stats["sync/load_weights_tensors"] == 27
+    )  # 26 weights + tied lm_head
+    return stats
+
+
+def test_colocated_engines_take_the_actors_weights_from_their_own_process(
     ray_started, tiny_model_dir, other_model_dir, tmp_path
 ):
     roles = {
@@ -98,51 +120,17 @@ def test_colocated_engines_take_the_actors_weights_from_its_shards(
         "rollout": (ColocatedRolloutWorker, (other_model_dir, ROLLOUT), {"offload_optimizer": True}),
     }
     hosted = RayWorkerGroup.colocated(ResourcePool([2], name="sync-colocated"), roles)
-    groups = WorkerGroups(
-        actor=hosted["actor"], rollout=hosted["rollout"], reward=None, colocated=True, sync_bucket_mb=0.05
-    )
-    try:
-        assert groups.actor.worker_info == groups.rollout.worker_info  # one process per rank, both roles
-        before = generations(groups.generate)
-        train_one_step(groups, tiny_model_dir)
-        stats = groups.sync_weights()
-        # CPU: sleeping, waking and the optimizer offload change nothing, but the calls run on every rank.
-        groups.to_training()
-        groups.to_generation()
-        after = generations(groups.generate)
-        groups.actor.export_hf(str(tmp_path / "exported"))
-    finally:
-        groups.shutdown()
-    expected = fresh_engine_generations(tmp_path / "exported", chunks=2)
-    assert not torch.equal(before["greedy"]["responses"], expected["greedy"]["responses"])
-    assert_same(after, expected)
-    assert (
-        stats["sync/buckets"] == 5 and stats["sync/load_weights_tensors"] == 27
-    )  # 26 weights + tied lm_head
+    assert hosted["actor"].worker_info == hosted["rollout"].worker_info  # one process per rank, both roles
+    groups = WorkerGroups(**hosted, reward=None, colocated=True, sync_bucket_mb=0.05)
+    sync_and_compare(groups, tiny_model_dir, tmp_path / "exported", chunks=2)
 
 
 def test_split_engines_receive_the_weights_bucket_by_bucket(
     ray_started, tiny_model_dir, other_model_dir, tmp_path
 ):
-    groups = WorkerGroups(
-        actor=RayWorkerGroup(
-            ResourcePool([2], name="sync-actor"), ActorWorker, "actor", tiny_model_dir, ACTOR
-        ),
-        rollout=RayWorkerGroup(
-            ResourcePool([1], name="sync-rollout"), RolloutWorker, "rollout", other_model_dir, ROLLOUT
-        ),
-        reward=None,
-        sync_bucket_mb=0.05,
+    actor = RayWorkerGroup(ResourcePool([2], name="sync-actor"), ActorWorker, "actor", tiny_model_dir, ACTOR)
+    rollout = RayWorkerGroup(
+        ResourcePool([1], name="sync-rollout"), RolloutWorker, "rollout", other_model_dir, ROLLOUT
     )
-    try:
-        before = generations(groups.generate)
-        train_one_step(groups, tiny_model_dir)
-        stats = groups.sync_weights()
-        after = generations(groups.generate)
-        groups.actor.export_hf(str(tmp_path / "exported"))
-    finally:
-        groups.shutdown()
-    expected = fresh_engine_generations(tmp_path / "exported", chunks=1)
-    assert not torch.equal(before["greedy"]["responses"], expected["greedy"]["responses"])
-    assert_same(after, expected)
-    assert stats["sync/buckets"] == 5 and stats["sync/load_weights_tensors"] == 27
+    groups = WorkerGroups(actor=actor, rollout=rollout, reward=None, sync_bucket_mb=0.05)
+    sync_and_compare(groups, tiny_model_dir, tmp_path / "exported", chunks=1)

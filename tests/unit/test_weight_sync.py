@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.workers import WorkerGroups, describe_placement
 from sfpo_rl.workers.colocated import OptimizerOffload
 from sfpo_rl.workers.rollout import VLLMRollout
@@ -202,11 +203,18 @@ class FakeLLM:
     def wake_up(self, tags: list[str]) -> None:
         self.calls.append(("wake_up", tags))
 
+    def collective_rpc(self, method: str, kwargs: dict) -> None:
+        self.calls.append((method, [name for name, _ in kwargs["weights_iterator"]]))
 
-def engine(sleep_enabled: bool) -> VLLMRollout:
+    def reset_prefix_cache(self) -> None:
+        pass
+
+
+def engine(sleep_enabled: bool, sleep_level: int = 2) -> VLLMRollout:
     rollout = VLLMRollout.__new__(VLLMRollout)  # only the sleep bookkeeping; no engine
-    rollout.config, rollout.llm = RolloutConfig(sleep_level=2), FakeLLM()
-    rollout._sleep_enabled, rollout._asleep = sleep_enabled, set()
+    rollout.config, rollout.llm = RolloutConfig(sleep_level=sleep_level), FakeLLM()
+    rollout._sleep_enabled, rollout._asleep, rollout.weights_discarded = sleep_enabled, set(), False
+    rollout._failed_load = None
     return rollout
 
 
@@ -218,6 +226,25 @@ def test_sleep_then_wake_the_weights_for_a_sync_and_the_rest_for_generation():
     rollout.wake_up(["weights"])  # load_weights: the KV cache stays released
     rollout.wake_up()  # generate: only what still sleeps
     assert rollout.llm.calls == [("sleep", 2), ("wake_up", ["weights"]), ("wake_up", ["kv_cache"])]
+
+
+def test_a_level_2_sleep_discards_the_weights_until_a_complete_load():
+    rollout = engine(sleep_enabled=True, sleep_level=2)
+    rollout.sleep()
+    with pytest.raises(RuntimeError, match="sleep_level=2, which discards its weights"):
+        rollout.generate(Batch.from_dict({"raw_prompt": ["x"]}))
+    rollout.load_weights({"model.layers.0.w": torch.ones(2)}, complete=False)  # one bucket: still incomplete
+    assert rollout.weights_discarded
+    rollout.load_weights({"model.layers.0.w": torch.ones(2), "lm_head.weight": torch.ones(2)})
+    assert not rollout.weights_discarded
+    assert rollout.llm.calls[1:] == [
+        ("wake_up", ["weights"]),
+        ("reload_weights", ["model.layers.0.w"]),
+        ("reload_weights", ["model.layers.0.w", "lm_head.weight"]),
+    ]
+    level1 = engine(sleep_enabled=True, sleep_level=1)
+    level1.sleep()
+    assert not level1.weights_discarded  # level 1 keeps them in host memory
 
 
 def test_without_sleep_mode_sleep_and_wake_are_no_ops():
