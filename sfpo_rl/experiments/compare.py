@@ -9,7 +9,8 @@ results/compare/PROTOCOL.md).
 
 Every run is a normal `sfpo-rl-train` job in `<runs>/<arm>_lr<lr>_seed<s>`. A finished run (summary.json) is
 reused and an interrupted one resumes from its last checkpoint, so the command can be re-run after a crash or
-a reboot; a failed run is reported and the others go on. After every run the report is rewritten from all
+a reboot; a failed run is reported and the others go on. A run already recorded in `<out>/curves.json` counts
+as finished too, so the study continues on another machine from the committed results. After every run the report is rewritten from all
 finished runs: `<out>/compare.json` (every statistic), `<out>/compare.md` (the tables), `<out>/curves.json`
 (every run's curve: the raw data, enough to redo the analysis without the runs) and PNG plots.
 """
@@ -52,11 +53,12 @@ def run_study(
     extra: Sequence[str],
     after_each: Callable[[], None] = lambda: None,
     train: Callable[[Run, Path, Sequence[str]], int] = run_training,
+    recorded: Cells | None = None,
 ) -> list[str]:
     """Train every run that has not finished, in order, rewriting the report after each; returns the names of
     runs that failed (the others still ran)."""
     failed = []
-    todo = [r for r in runs if not (runs_dir / r.name / "summary.json").is_file()]
+    todo = [r for r in runs if not _finished(r, runs_dir, recorded or {})]
     print(
         f"[compare] {len(runs)} runs planned, {len(runs) - len(todo)} finished earlier, {len(todo)} to go",
         flush=True,
@@ -79,12 +81,25 @@ def run_study(
     return failed
 
 
-def collect(runs: Sequence[Run], runs_dir: Path) -> Cells:
-    """The curves of every finished run, by (arm, lr) and seed."""
+def _finished(run: Run, runs_dir: Path, recorded: Cells) -> bool:
+    """Finished here (its run directory has a summary) or recorded before (curves.json)."""
+    return (runs_dir / run.name / "summary.json").is_file() or run.seed in recorded.get(
+        (run.arm.name, run.lr), {}
+    )
+
+
+def _curve(run: Run, runs_dir: Path, recorded: Cells) -> Curve | None:
+    if (runs_dir / run.name / "summary.json").is_file():
+        return load_curve(runs_dir / run.name)
+    return recorded.get((run.arm.name, run.lr), {}).get(run.seed)
+
+
+def collect(runs: Sequence[Run], runs_dir: Path, recorded: Cells | None = None) -> Cells:
+    """The curves of every finished or recorded run, by (arm, lr) and seed."""
     cells: dict[tuple[str, float], dict[int, Curve]] = {}
     for run in runs:
-        if (runs_dir / run.name / "summary.json").is_file():
-            cells.setdefault((run.arm.name, run.lr), {})[run.seed] = load_curve(runs_dir / run.name)
+        if (curve := _curve(run, runs_dir, recorded or {})) is not None:
+            cells.setdefault((run.arm.name, run.lr), {})[run.seed] = curve
     return cells
 
 
@@ -141,17 +156,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "extra_overrides": extra,
     }
 
+    curves_file = out_dir / "curves.json"
+    recorded = cells_from_curves_file(curves_file) if curves_file.is_file() else {}
+
     def report() -> None:
-        cells = collect(runs, runs_dir)
-        if not cells and (out_dir / "curves.json").is_file():
-            cells = cells_from_curves_file(out_dir / "curves.json")  # the committed raw data, no runs here
+        cells = collect(runs, runs_dir, recorded)
         if write_report(cells, out_dir, setup) is not None:
             print(
                 f"[compare] report: {out_dir / 'compare.md'} ({sum(map(len, cells.values()))} runs)",
                 flush=True,
             )
 
-    failed = [] if args.analyze_only else run_study(runs, runs_dir, extra, after_each=report)
+    failed = (
+        [] if args.analyze_only else run_study(runs, runs_dir, extra, after_each=report, recorded=recorded)
+    )
     report()
     if failed:
         print(

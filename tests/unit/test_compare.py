@@ -212,3 +212,18 @@ def test_verdicts_claim_a_difference_only_when_the_whole_interval_does():
         "rollouts: no"
     )
     assert verdict(Interval(0.5, math.nan, math.nan), Interval(0.1, 0.0, 0.2)) == "too few seeds"
+
+
+def test_runs_recorded_in_curves_json_count_as_finished_and_stay_in_the_report(tmp_path):
+    """The committed results seed a study on another machine: recorded runs are not trained again."""
+    runs = plan([ARMS_BY_NAME["grpo"], ARMS_BY_NAME["sfpo"]], (1e-4,), max_seeds=1)
+    recorded = {("grpo", 1e-4): {0: curve([0.1, 0.2, 0.3, 0.4, 0.5])}}
+    trained = []
+
+    def fake_train(run, run_dir: Path, extra) -> int:
+        trained.append(run.name)
+        return 3
+
+    compare.run_study(runs, tmp_path, [], train=fake_train, recorded=recorded)
+    assert trained == ["sfpo_lr0.0001_seed0"]
+    assert compare.collect(runs, tmp_path, recorded) == recorded
