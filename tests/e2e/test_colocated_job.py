@@ -1,6 +1,7 @@
 """The main job with `resources.placement=colocated`, as a user runs it: each of the 2 FSDP ranks' processes
-also hosts a vLLM CPU engine, fed from its own shards; the same loop trains, validates, checkpoints and exports,
-and a run continued from its step-2 checkpoint reproduces step 3 and the final weights bit for bit."""
+also hosts a vLLM CPU engine, fed from its own shards, and (a KL loss is on) the reference policy; the same loop
+trains, validates, checkpoints and exports, and a run continued from its step-2 checkpoint reproduces step 3
+and the final weights bit for bit."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ COLOCATED_RUN = [
     "trainer.val_every=3",
     "trainer.save_every=2",
     "algorithm.sfpo.inner_steps=2",
+    "actor.use_kl_loss=true",
 ]
 
 
@@ -54,14 +56,20 @@ def test_colocated_run_trains_with_an_engine_in_each_actor_process(colocated_run
     train_rows = rows[1:]
     assert all(r["sfpo/active"] == 1.0 and r["actor/n_optimizer_steps"] == 2 for r in train_rows)
     assert all(r["sync/load_weights_tensors"] > 0 and r["sync/buckets"] >= 1 for r in train_rows)
+    assert all(
+        r["actor/kl_loss"] >= 0 for r in train_rows
+    )  # reference log-probs came from the same processes
     assert rows[3]["perf/rollouts"] == 96 and "val/acc" in rows[0] and "val/acc" in rows[3]
 
     workers = json.loads((run_dir / "workers.json").read_text())
-    pids = [[rank["pid"] for rank in workers[role]] for role in ("actor", "rollout")]
-    assert pids[0] == pids[1] and len(set(pids[0])) == 2  # two processes, each an actor rank and an engine
-    assert "placement: actor+rollout: node" in proc.stdout
+    pids = [[rank["pid"] for rank in workers[role]] for role in ("actor", "ref", "rollout")]
+    assert pids[0] == pids[1] == pids[2] and len(set(pids[0])) == 2  # two processes, each hosting all three
+    assert "placement: actor+ref+rollout: node" in proc.stdout
     logs = {p.name for p in (run_dir / "logs").iterdir()}
-    assert {"actor+rollout-rank0.log", "actor+rollout-rank1.log"} <= logs and "rollout-rank0.log" not in logs
+    assert {
+        "actor+ref+rollout-rank0.log",
+        "actor+ref+rollout-rank1.log",
+    } <= logs and "rollout-rank0.log" not in logs
     assert (run_dir / "final_model" / "model.safetensors").is_file()
 
 
