@@ -256,8 +256,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     share_rows, shares = [], {}
     for path in metrics:
+        rows = read_jsonl(path)
+        if not any("timing/sync" in r for r in rows):  # e.g. one_box's single-process baseline: no sync
+            continue
         label = f"{path.parent.parent.name}/{path.parent.name}"
-        shares[label] = s = step_share(read_jsonl(path))
+        shares[label] = s = {**step_share(rows), "metrics": str(path)}
         share_rows.append([label, s["mb"], s["sync_s"], s["step_s"], 100 * s["fraction"]])
     tables = {
         f"sync time (median of {repeats}) and speed": (
@@ -287,7 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bucket_plus_layer_mb": unit,
         "results": results,
         "runs": runs,
-        "trainer_runs": {k: {**v, "metrics": str(p)} for (k, v), p in zip(shares.items(), metrics)},
+        "trainer_runs": shares,
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
 from torch import nn
@@ -43,22 +44,16 @@ def plan_buckets(
     """Names (in order) grouped into buckets: consecutive entries of one layer stay together, and whole layers
     are packed into a bucket while it stays within `bucket_bytes`; a layer larger than that is a bucket alone.
     `entries` are (name, bytes) pairs."""
-    layers: list[tuple[str, list[str], int]] = []  # (layer, names, bytes)
-    for name, nbytes in entries:
-        layer = layer_of(name)
-        if layers and layers[-1][0] == layer:
-            layers[-1][1].append(name)
-            layers[-1] = (layer, layers[-1][1], layers[-1][2] + nbytes)
-        else:
-            layers.append((layer, [name], nbytes))
     buckets: list[list[str]] = []
-    filled = 0
-    for _, names, nbytes in layers:
+    filled = 0.0
+    for _, run in groupby(entries, key=lambda entry: layer_of(entry[0])):
+        layer = list(run)
+        names, nbytes = [name for name, _ in layer], sum(size for _, size in layer)
         if buckets and filled + nbytes <= bucket_bytes:
             buckets[-1].extend(names)
             filled += nbytes
         else:
-            buckets.append(list(names))
+            buckets.append(names)
             filled = nbytes
     return buckets
 
