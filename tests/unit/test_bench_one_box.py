@@ -1,0 +1,52 @@
+"""The one-box and weight-sync benchmarks' own arithmetic: the single-process baseline's response masks and
+padding, reading a metrics file that is being written, the targets, and the per-process peak-memory meter."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from sfpo_rl.bench.one_box import _training_rows, targets
+from sfpo_rl.bench.single_process import left_padded, response_mask
+from sfpo_rl.bench.weight_sync import PeakMemory
+
+
+def test_response_mask_keeps_tokens_up_to_and_including_the_first_eos():
+    responses = torch.tensor([[5, 0, 1, 0], [5, 6, 7, 8], [0, 3, 3, 3]])
+    assert response_mask(responses, eos_id=0).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_prompts_are_left_padded():
+    ids, mask = left_padded([[7, 8, 9], [4]], pad_id=1)
+    assert ids.tolist() == [[7, 8, 9], [1, 1, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_a_metrics_line_being_written_is_not_read_and_validation_rows_are_skipped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 0, "val/acc": 0.1}, {"step": 1, "timing/step": 2.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 2, "timing/st')
+    assert _training_rows(path) == [rows[1]]
+    assert _training_rows(tmp_path / "missing.jsonl") == []
+
+
+def test_targets_compare_colocated_with_the_baseline_and_the_split_run():
+    base = {"step_s": 2.0, "update_s": 1.0, "startup_s": 8.0, "pss_peak_gib": 0.8, "sync_s": None}
+    split = {"step_s": 3.0, "update_s": 1.5, "sync_s": 0.3, "startup_s": 40.0, "pss_peak_gib": 3.0}
+    colocated = {"step_s": 2.0, "update_s": 1.1, "sync_s": 0.09, "startup_s": 21.0, "pss_peak_gib": 1.9}
+    met = targets({"colocated": colocated, "split": split, "single_process": base})
+    assert met == {
+        "step <= single process": True,
+        "update <= single process": False,
+        "sync <= split / 3": True,
+        "start-up <= split / 2": False,
+        "PSS < 2 GiB": True,
+    }
+
+
+def test_peak_memory_sees_what_a_block_allocated_and_freed():
+    with PeakMemory({"me": os.getpid()}) as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert memory.result["me"]["extra_mb"] >= 60
