@@ -14,7 +14,6 @@ from transformers import AutoTokenizer
 from sfpo_rl.data.dataset import PromptDataset, load_records
 from sfpo_rl.protocol import Batch
 from sfpo_rl.tiny.warmstart import INFO_FILE, WarmStartConfig, cache_key, ensure_warmstart, sample_accuracy
-from sfpo_rl.workers.reward import BatchRewarder
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = OmegaConf.load(REPO / "configs/experiment/tiny_arith.yaml")
@@ -85,11 +84,14 @@ def test_the_policy_can_do_more_than_it_does(model_dir):
 
 
 @pytest.mark.slow
-def test_vllm_serves_it_like_transformers(model_dir, tmp_path):
-    """vLLM (the rollout engine) loads the directory; its greedy answers score like transformers' greedy ones."""
+def test_vllm_serves_it_like_transformers(model_dir):
+    """vLLM (the rollout engine) loads the directory and decodes greedily what transformers decodes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     from sfpo_rl.workers.rollout import VLLMRollout
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     val = PromptDataset(model_dir / "val.jsonl", tokenizer, max_prompt_length=P)
     items = val.items[:128]
     engine = VLLMRollout(
@@ -104,14 +106,19 @@ def test_vllm_serves_it_like_transformers(model_dir, tmp_path):
     )
     batch = Batch.from_dict({key: [item[key] for item in items] for key in items[0]})
     out = engine.generate(batch, n=1, temperature=0.0)
-    scored = BatchRewarder(model_dir, {"timeout_mode": "signal"}).compute_score(out)
-    vllm_acc = float(scored["acc"].mean())
-
-    subset = tmp_path / "val_subset.jsonl"
-    subset.write_text(
-        "".join(line + "\n" for line in (model_dir / "val.jsonl").read_text().splitlines()[:128])
+    vllm_texts = tokenizer.batch_decode(
+        [row[mask.bool()] for row, mask in zip(out["responses"], out["response_mask"])],
+        skip_special_tokens=True,
     )
-    hf_acc = sample_accuracy(model_dir, subset, temperature=0.0, max_new_tokens=R)["acc"]
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    enc = tokenizer.pad({"input_ids": [item["prompt_token_ids"] for item in items]}, return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(
+            **enc, do_sample=False, max_new_tokens=R, pad_token_id=tokenizer.pad_token_id
+        )
+    hf_texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     # Float32 kernels differ slightly, so a near-tie may resolve differently on a few problems.
-    assert abs(vllm_acc - hf_acc) <= 0.05
-    assert vllm_acc > 0
+    same = sum(v == h for v, h in zip(vllm_texts, hf_texts))
+    assert same >= 0.95 * len(items), [(v, h) for v, h in zip(vllm_texts, hf_texts) if v != h][:5]
+    assert all("\\boxed{" in text for text in vllm_texts)
