@@ -227,3 +227,21 @@ def test_runs_recorded_in_curves_json_count_as_finished_and_stay_in_the_report(t
     compare.run_study(runs, tmp_path, [], train=fake_train, recorded=recorded)
     assert trained == ["sfpo_lr0.0001_seed0"]
     assert compare.collect(runs, tmp_path, recorded) == recorded
+
+
+def test_a_study_run_is_a_plain_training_job_with_the_arms_overrides(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, stdout, stderr):
+        seen["cmd"] = cmd
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    run = next(r for r in plan() if r.arm.name == "sfpo_k7_a0.5" and r.lr == 3e-5 and r.seed == 2)
+    assert compare.run_training(run, tmp_path, ["trainer.total_steps=3"]) == 0
+    cmd = seen["cmd"]
+    assert cmd[1:3] == ["-m", "sfpo_rl.trainer.main"] and f"trainer.run_dir={tmp_path}" in cmd
+    assert {"algorithm=sfpo", "algorithm.sfpo.inner_steps=7", "algorithm.sfpo.alpha=0.5", "actor.lr=3e-05",
+            "trainer.seed=2", "data.seed=2"} <= set(cmd)  # fmt: skip
+    assert cmd[-1] == "trainer.total_steps=3"  # extra overrides come last, so they win
+    assert (tmp_path / "train.log").is_file()
