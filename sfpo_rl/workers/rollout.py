@@ -100,6 +100,26 @@ def pad_rollouts(
     }
 
 
+# The largest KV block the CPU backends use (tokens); a sequence's last block may be mostly empty.
+CPU_KV_BLOCK = 256
+
+
+def kv_cache_bytes(model_path: str | os.PathLike, dtype: str, max_num_seqs: int, max_model_len: int) -> int:
+    """A KV cache that holds `max_num_seqs` sequences of `max_model_len` tokens at once (full attention, each
+    sequence rounded up to whole blocks): the most the engine can use, so it never waits for cache space. On
+    CPU vLLM's default is a fixed 4 GiB per engine, touched at start-up, far more than a small model needs."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(model_path).get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    name = dtype if dtype != "auto" else getattr(text, "dtype", None) or "float32"  # "auto": the checkpoint's
+    itemsize = (getattr(torch, name) if isinstance(name, str) else name).itemsize
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * itemsize  # a key and a value per layer
+    tokens_per_seq = -(-max_model_len // CPU_KV_BLOCK) * CPU_KV_BLOCK
+    return max_num_seqs * tokens_per_seq * per_token
+
+
 class _ByteCounter:
     """Passes (name, tensor) pairs through, counting tensors and bytes (the input may be a lazy stream)."""
 
@@ -149,6 +169,10 @@ class VLLMRollout:
         }
         if config.kv_cache_gib is not None:
             engine_args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
+        elif not torch.cuda.is_available():
+            engine_args["kv_cache_memory_bytes"] = kv_cache_bytes(
+                model_path, config.dtype, config.max_num_seqs, engine_args["max_model_len"]
+            )
         if config.max_num_batched_tokens is not None:
             engine_args["max_num_batched_tokens"] = config.max_num_batched_tokens
         start = time.perf_counter()

@@ -24,7 +24,8 @@ class RolloutConfig:
     dtype: str = "auto"  # "auto" follows the checkpoint's torch_dtype
     enforce_eager: bool = True  # False lets vLLM capture CUDA graphs / compile (GPU)
     gpu_memory_utilization: float = 0.5  # GPU: share of device memory for weights + KV cache
-    # Explicit KV cache size; None: vLLM's default (gpu_memory_utilization, or VLLM_CPU_KVCACHE_SPACE on CPU).
+    # Explicit KV cache size per engine. None: on GPU, what gpu_memory_utilization leaves; on CPU, room for
+    # max_num_seqs sequences of full length (vLLM's CPU default is 4 GiB, allocated and touched at start).
     kv_cache_gib: float | None = None
     tensor_parallel_size: int = 1
     max_num_seqs: int = 256  # sequences decoded concurrently
