@@ -1,7 +1,7 @@
 """Starting (or joining) the Ray cluster the worker groups run on.
 
-Local default: Ray starts in-process with the dashboard off and every Ray server on the loopback address,
-so nothing is reachable from outside the machine. It is always a new, private instance: a plain `ray.init()`
+Local default: Ray starts in-process with the dashboard off, no idle workers prestarted, and every Ray server on
+the loopback address, so nothing is reachable from outside the machine. It is always a new, private instance: a plain `ray.init()`
 would instead join the last cluster `ray start` left on this machine (or the one in RAY_ADDRESS). With
 `address=` the driver joins an existing cluster (`"auto"`: RAY_ADDRESS or the last `ray start` here,
 `"<head-ip>:6379"` or `"ray://..."`), which then decides resources and networking.
@@ -68,7 +68,11 @@ def init_ray(
     if address is not None:
         ray.init(address=address, **common)
         return
+    # Ray would prestart idle default workers when the driver connects; every worker here is an actor with
+    # its own process, so they would only sit idle (about 40 MiB each).
+    system_config = {"prestart_worker_first_driver": False, **common.pop("_system_config", {})}
     local = dict(
+        _system_config=system_config,
         address="local",
         num_cpus=num_cpus if num_cpus is not None else max(DEFAULT_LOCAL_CPUS, os.cpu_count() or 1),
         num_gpus=num_gpus,
