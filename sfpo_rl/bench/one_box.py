@@ -71,7 +71,7 @@ class TreeMemory(threading.Thread):
             counted = 0
             for process in processes:
                 try:
-                    name = " ".join(process.cmdline()[:1]).rsplit("/", 1)[-1] or process.name()
+                    name = process_label(process.cmdline()) or process.name()
                     by_name[name] = by_name.get(name, 0) + process.memory_full_info().pss
                     counted += 1
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -85,6 +85,23 @@ class TreeMemory(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.join()
+
+
+def process_label(cmdline: list[str]) -> str:
+    """A short name for a process of the run: Ray's titles as they are (`ray::reward_host`), `python -m
+    module` by its module, a Python script by its file name, `python -c` as that, anything else by its
+    executable."""
+    if not cmdline:
+        return ""
+    program = cmdline[0].rsplit("/", 1)[-1]
+    if not program.startswith("python"):
+        return cmdline[0] if cmdline[0].startswith("ray::") else program
+    args = [a for a in cmdline[1:] if not a.startswith("-") or a in ("-m", "-c")]
+    if args[:1] == ["-m"] and len(args) > 1:
+        return f"python -m {args[1]}"
+    if args[:1] == ["-c"]:
+        return "python -c"
+    return f"python {args[0].rsplit('/', 1)[-1]}" if args else "python"
 
 
 def watch(cmd: list[str], run_dir: Path, log: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from sfpo_rl.bench.one_box import _training_rows, targets
+from sfpo_rl.bench.one_box import _training_rows, process_label, targets
 from sfpo_rl.bench.single_process import left_padded, response_mask
 from sfpo_rl.bench.weight_sync import PeakMemory
 
@@ -50,3 +50,19 @@ def test_peak_memory_sees_what_a_block_allocated_and_freed():
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         del block
     assert memory.result["me"]["extra_mb"] >= 60
+
+
+def test_processes_are_named_by_ray_title_module_or_script():
+    venv = "/work/.venv/bin/python"
+    assert process_label(["ray::actor_rollout_host.call", "", ""]) == "ray::actor_rollout_host.call"
+    assert process_label([venv, "-m", "sfpo_rl.rewards.verifier_process", "44"]) == (
+        "python -m sfpo_rl.rewards.verifier_process"
+    )
+    assert process_label([venv, "-u", "/site-packages/ray/_private/log_monitor.py", "--x"]) == (
+        "python log_monitor.py"
+    )
+    assert process_label(["/site-packages/ray/core/src/ray/raylet/raylet", "--raylet_socket"]) == "raylet"
+    assert (
+        process_label([venv, "-B", "-c", "from multiprocessing.resource_tracker import main"]) == "python -c"
+    )
+    assert process_label([]) == ""
