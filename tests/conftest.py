@@ -49,9 +49,8 @@ def pytest_runtest_call(item):
         )
 
 
-# vLLM keeps its engine in the calling process and uses a small KV cache on CPU.
+# vLLM keeps its engine in the calling process (on CPU, VLLMRollout sizes its KV cache itself).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
