@@ -309,6 +309,16 @@ def test_generation_throughput(engine):
     )
 
 
+def test_an_unset_cpu_kv_cache_holds_max_num_seqs_full_length_sequences(tiny_model_dir):
+    sized = VLLMRollout(tiny_model_dir, {**CONFIG, "kv_cache_gib": None, "max_num_seqs": 8})
+    cache = sized.llm.llm_engine.vllm_config.cache_config
+    # 8 sequences of P + R = 40 tokens, each rounded up to a 256-token block: vLLM's blocks hold them all, and
+    # the cache is that, not vLLM's 4 GiB CPU default.
+    assert 8 * (P + R) <= cache.num_gpu_blocks * cache.block_size <= 8 * 256
+    out = sized.generate(Batch.from_dict({"prompt_token_ids": [[5, 6, 7, 8]] * 8}), n=1, ignore_eos=True)
+    assert out["response_mask"].sum() == 8 * R
+
+
 # ---------------------------------------------------------------------------------------------- Ray shell
 @pytest.fixture(scope="module")
 def rollout_group(tiny_model_dir):
