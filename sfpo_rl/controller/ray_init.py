@@ -1,10 +1,10 @@
 """Starting (or joining) the Ray cluster the worker groups run on.
 
 Local default: Ray starts in-process with the dashboard off, no idle workers prestarted, and every Ray server on
-the loopback address, so nothing is reachable from outside the machine. It is always a new, private instance: a plain `ray.init()`
-would instead join the last cluster `ray start` left on this machine (or the one in RAY_ADDRESS). With
-`address=` the driver joins an existing cluster (`"auto"`: RAY_ADDRESS or the last `ray start` here,
-`"<head-ip>:6379"` or `"ray://..."`), which then decides resources and networking.
+the loopback address, so nothing is reachable from outside the machine. It is always a new, private instance:
+a plain `ray.init()` would instead join the last cluster `ray start` left on this machine (or the one in
+RAY_ADDRESS). With `address=` the driver joins an existing cluster (`"auto"`: RAY_ADDRESS or the last
+`ray start` here, `"<head-ip>:6379"` or `"ray://..."`), which then decides resources and networking.
 
 Why more logical CPUs than cores locally: Ray schedules by *logical* resources. Each worker rank reserves one
 bundle of `cpus_per_bundle` (default 1) logical CPUs, and the CPU run needs 2 actor ranks + 1 rollout +

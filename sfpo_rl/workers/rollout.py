@@ -40,6 +40,7 @@ import torch
 
 from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
+from sfpo_rl.utils.decoder_shape import DecoderShape
 from sfpo_rl.utils.options import is_int
 from sfpo_rl.workers.rollout_config import RolloutConfig
 from sfpo_rl.workers.weight_sync import WeightBucket
@@ -111,11 +112,10 @@ def kv_cache_bytes(model_path: str | os.PathLike, dtype: str, max_num_seqs: int,
     from transformers import AutoConfig
 
     text = AutoConfig.from_pretrained(model_path).get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    shape = DecoderShape.from_hf_config(text)
     name = dtype if dtype != "auto" else getattr(text, "dtype", None) or "float32"  # "auto": the checkpoint's
     itemsize = (getattr(torch, name) if isinstance(name, str) else name).itemsize
-    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * itemsize  # a key and a value per layer
+    per_token = 2 * shape.num_layers * shape.kv_width * itemsize  # a key and a value per layer
     tokens_per_seq = -(-max_model_len // CPU_KV_BLOCK) * CPU_KV_BLOCK
     return max_num_seqs * tokens_per_seq * per_token
 
