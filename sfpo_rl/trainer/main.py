@@ -30,8 +30,9 @@ from sfpo_rl.data.io import DataError
 from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
 from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
 from sfpo_rl.trainer.learning_curve import plot_learning_curve
-from sfpo_rl.trainer.run_dir import LOGS, SUMMARY, RunFinished, clear_earlier_run, start_point
+from sfpo_rl.trainer.run_dir import LOGS, PROVENANCE, SUMMARY, RunFinished, clear_earlier_run, start_point
 from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, output_to
+from sfpo_rl.utils.provenance import append_launch, launch_record
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
 # The Hydra configs ship inside the package (sfpo_rl/configs is the repository's configs/ directory).
@@ -158,13 +159,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_summary(finished.summary)
         return finished.summary
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    (run_dir / "config.yaml").write_text(resolved)
     (run_dir / FAILURE_REPORT).unlink(missing_ok=True)  # a report describes the latest attempt only
     model_path, train_files, val_files = resolve_model_and_data(config)
     tokenizer = load_tokenizer(model_path, config.rollout)
     loader, val_batch = build_data(config, tokenizer, train_files, val_files)
     if resume_from is None:
         clear_earlier_run(run_dir)
+    append_launch(run_dir / PROVENANCE, launch_record(resolved, model_path))
     summary = train(config, model_path, loader, val_batch, resume_from)
     curve_png = plot_learning_curve(run_dir, title=run_dir.name)
     if curve_png is not None:

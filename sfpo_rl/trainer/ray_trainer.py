@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -157,6 +158,7 @@ class RLTrainer:
             "perf/tokens_per_s": float(batch["attention_mask"].sum()) / t["timing/step"],
             "perf/rollouts": progress.rollouts_done,
             "perf/train_seconds": progress.train_seconds,
+            "perf/load_avg_1m": os.getloadavg()[0],  # provenance: how shared the machine was
             "train/nonfinite_total": progress.nonfinite_total,
             "train/nonfinite_in_a_row": progress.nonfinite_in_a_row,
             "train/worker_restarts": self.worker_restarts,

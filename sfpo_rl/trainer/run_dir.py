@@ -23,6 +23,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 FINAL_MODEL = "final_model"
 CHECKPOINTS = "checkpoints"
+PROVENANCE = "provenance.jsonl"  # one line per launch: commit, config hash, versions, host
 LOGS = "logs"  # third-party output of the driver and of every worker (unless trainer.verbose)
 
 
@@ -81,7 +82,7 @@ def finished_run(run_dir: Path) -> dict[str, Any] | None:
 def clear_earlier_run(run_dir: Path) -> None:
     """Before a run starts at step 1: remove what an earlier run left (its metrics are replaced as the new
     run logs), saying what."""
-    earlier = (CHECKPOINTS, SUMMARY, FINAL_MODEL, LOGS)
+    earlier = (CHECKPOINTS, SUMMARY, FINAL_MODEL, LOGS, PROVENANCE)
     gone = [run_dir / name for name in earlier if (run_dir / name).exists()]
     metrics = run_dir / METRICS
     if metrics.is_file() and metrics.stat().st_size:
