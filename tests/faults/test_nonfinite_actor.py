@@ -14,6 +14,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # the shared actor test helpers
 from actor_helpers import (  # noqa: E402
+    ADAM_EPS,
+    assert_update_matches,
+    compare_updates,
     make_batch,
     max_param_diff,
     perturbed,
@@ -21,6 +24,7 @@ from actor_helpers import (  # noqa: E402
     plain_model,
     plain_optimizer,
     plain_update,
+    record_steps,
     run_ranks,
 )
 
@@ -35,7 +39,7 @@ CONFIG = dict(
     lr=1e-3,
     weight_decay=0.01,
     betas=(0.9, 0.99),
-    eps=1e-8,
+    eps=ADAM_EPS,  # Adam's sensitivity to float32 rounding is then bounded (tests/integration/actor_helpers.py)
     grad_clip=1.0,
     ppo_mini_batch_size=6,
     micro_batch_size_per_gpu=2,
@@ -52,9 +56,10 @@ def _job(rank: int, model_dir: str, batch, out: str) -> None:
     results = {}
     for name, point in [("clean", None), *POISONED.items()]:
         actor = FSDPActor(model_dir, {**CONFIG, "inject_nonfinite_loss": [point] if point else []})
+        steps = record_steps(actor.optimizer, actor.model.named_parameters(), lambda g: g.full_tensor())
         plain = name in ("clean", "update")
         result = actor.update(local) if plain else actor.sfpo_update(local, K, ALPHA)
-        results[name] = (result, actor.state_dict_for_rollout())
+        results[name] = (result, actor.state_dict_for_rollout(), steps)
         del actor
     if rank == 0:
         torch.save(results, out)
@@ -77,9 +82,11 @@ def results(tiny_model_dir, tmp_path_factory, faults):
 
 
 def _reference(model_dir, batch, passes: list[str]):
-    """A plain model after `passes`: "update" (one plain update), "snapshot", "restore", "reposition"."""
+    """A plain model after `passes`: "update" (one plain update), "snapshot", "restore", "reposition"; and its
+    recorded optimizer steps."""
     model = plain_model(model_dir)
     optimizer = plain_optimizer(model, CONFIG, CONFIG["lr"])
+    steps = record_steps(optimizer, model.named_parameters())
     slow = None
     for what in passes:
         if what == "update":
@@ -90,7 +97,7 @@ def _reference(model_dir, batch, passes: list[str]):
             with torch.no_grad():
                 for p, s in zip(model.parameters(), slow):
                     p.copy_(s if what == "restore" else s + ALPHA * (p - s))
-    return model
+    return model, steps
 
 
 def _finite(state: dict[str, torch.Tensor]) -> bool:
@@ -100,7 +107,7 @@ def _finite(state: dict[str, torch.Tensor]) -> bool:
 def test_poisoned_plain_update_leaves_the_weights_untouched(results, tiny_model_dir, faults):
     _, res = results
     with faults.survives("NaN loss in the actor's update pass"):
-        result, state = res["update"]
+        result, state, _ = res["update"]
         assert result.skipped_steps == 2 and result.sfpo is None and result.nonfinite
         assert result.metrics["actor/skipped_steps"] == 2 and result.metrics["actor/n_optimizer_steps"] == 0
         assert max_param_diff(state, plain_model(tiny_model_dir)) == 0.0
@@ -111,7 +118,7 @@ def test_poisoned_plain_update_leaves_the_weights_untouched(results, tiny_model_
 def test_poisoned_first_fast_pass_makes_the_step_a_plain_update(results, faults):
     _, res = results
     with faults.survives("NaN loss in the actor's fast0 pass"):
-        result, state = res["fast0"]
+        result, state, _ = res["fast0"]
         metrics = result.metrics
         assert result.sfpo == FastTrajectory(skipped_steps=2, restored=True) and result.skipped_steps == 0
         assert result.nonfinite and result.all_skipped_steps == 2
@@ -126,25 +133,31 @@ def test_poisoned_first_fast_pass_makes_the_step_a_plain_update(results, faults)
 def test_poisoned_later_fast_pass_restores_the_slow_weights(results, tiny_model_dir, faults):
     batch, res = results
     with faults.survives("NaN loss in the actor's fast1 pass"):
-        result, state = res["fast1"]
+        result, state, steps = res["fast1"]
         metrics = result.metrics
         assert result.sfpo == FastTrajectory(skipped_steps=2, restored=True)
         assert metrics["sfpo/fast_displacement_norm"] > 0 and metrics["sfpo/reposition_norm"] == 0
         assert result.skipped_steps == 0 and _finite(state)
         # Fast pass 0 moved the weights and Adam's moments; the weights go back, the moments carry on.
-        reference = _reference(tiny_model_dir, batch, ["snapshot", "update", "restore", "update"])
-        assert max_param_diff(state, reference) < 1e-5
+        reference, reference_steps = _reference(
+            tiny_model_dir, batch, ["snapshot", "update", "restore", "update"]
+        )
+        comparison = compare_updates(steps, state, reference_steps, reference, CONFIG)
+        assert_update_matches("fast pass 1 poisoned", comparison)
 
 
 def test_poisoned_slow_pass_keeps_the_repositioned_weights(results, tiny_model_dir, faults):
     batch, res = results
     with faults.survives("NaN loss in the actor's slow pass"):
-        result, state = res["slow"]
+        result, state, steps = res["slow"]
         metrics = result.metrics
         assert result.sfpo == FastTrajectory(skipped_steps=0, restored=False) and result.skipped_steps == 2
         assert metrics["sfpo/reposition_norm"] == pytest.approx(
             ALPHA * metrics["sfpo/fast_displacement_norm"]
         )
         assert math.isfinite(result.entropy) and result.entropy == metrics["actor/entropy"] and _finite(state)
-        reference = _reference(tiny_model_dir, batch, ["snapshot", *["update"] * K, "reposition"])
-        assert max_param_diff(state, reference) < 1e-5
+        reference, reference_steps = _reference(
+            tiny_model_dir, batch, ["snapshot", *["update"] * K, "reposition"]
+        )
+        comparison = compare_updates(steps, state, reference_steps, reference, CONFIG, extra_ops=1)
+        assert_update_matches("slow pass poisoned", comparison)
