@@ -182,7 +182,7 @@ def collect(
 
 def setup(study: Study) -> dict[str, Any]:
     return {
-        "study": str(study.path),
+        "study": study.shown_path,
         "name": study.name,
         "protocol": study.protocol,
         "steps": study.steps,

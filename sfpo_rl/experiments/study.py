@@ -22,6 +22,7 @@ named (exit 2 from the command line), before any run starts.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,12 @@ class Study:
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
+
+    @property
+    def shown_path(self) -> str:
+        """The file as reports name it: relative to the working directory when it lies below it."""
+        relative = os.path.relpath(self.path.resolve())
+        return str(self.path.resolve()) if relative.startswith("..") else relative
 
     def lr(self, text: str) -> LearningRate:
         return next(lr for lr in self.learning_rates if lr.text == text)
@@ -437,7 +444,7 @@ def check_arms_compose(study: Study, runs_dir: Path) -> None:
     from sfpo_rl.experiments.compose import ComposeError, resolved_config
 
     lr = study.learning_rates[0]
-    shared_only = Arm("(none)", "", (), 1)
+    shared_only = Arm("shared", "", (), 1)
     for arm, where in [(shared_only, "overrides"), *((a, f"arms.{a.name}.overrides") for a in study.arms)]:
         run = Run(arm, lr, 0)
         try:
