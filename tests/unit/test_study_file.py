@@ -186,3 +186,12 @@ def test_every_committed_study_composes():
     ):
         study = load_study(ROOT / name)
         check_arms_compose(study, Path("/tmp/unused"))
+
+
+def test_the_readmes_example_study_is_valid(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("### Studies")[1].split("```yaml\n")[1].split("```")[0]
+    (tmp_path / "my_study.yaml").write_text(example)
+    study = load_study(tmp_path / "my_study.yaml")
+    assert [a.name for a in study.arms] == ["grpo_x4", "sfpo"] and len(plan(study)) == 12
+    check_arms_compose(study, tmp_path / "runs")
