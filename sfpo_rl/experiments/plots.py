@@ -41,7 +41,14 @@ def _draw(ax, curves: Sequence[Curve], axis: str, label: str, color: str) -> tup
     for c in curves:
         ax.plot(c.axis(axis), 100 * np.asarray(c.acc), color=color, alpha=0.25, linewidth=0.8)
         shown += list(100 * np.asarray(c.acc)[tail])
-    ax.plot(x, 100 * mean, color=color, marker=".", linewidth=1.8, label=f"{label} ({len(curves)} seeds)")
+    ax.plot(
+        x,
+        100 * mean,
+        color=color,
+        marker=".",
+        linewidth=1.8,
+        label=f"{label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})",
+    )
     if len(curves) > 1:
         half = stats.t.ppf(0.975, len(curves) - 1) * np.std([c.acc for c in curves], axis=0, ddof=1)
         low, high = 100 * (mean - half / np.sqrt(len(curves))), 100 * (mean + half / np.sqrt(len(curves)))

@@ -385,6 +385,7 @@ def summarize(study: Study, records: Sequence[RunRecord], warnings: Sequence[str
                 "peak": 100 * max(r.curve.acc),
                 "final": 100 * r.curve.acc[-1],
                 "drop": run_drop(r.curve),
+                "train_seconds": r.curve.seconds[-1],
                 "collapsed": run_drop(r.curve) >= study.collapse_at,
             }  # fmt: skip
             for r in sorted(records, key=lambda r: (r.arm, float(r.lr), r.seed))
@@ -511,13 +512,13 @@ def _runs_table(summary: Mapping[str, Any], collapse_at: float) -> list[str]:
         "",
         f"### Runs: peak, final, drop (largest fall from the running peak, points); collapsed: drop >= {collapse_at:g}",
         "",
-        "| run | peak | final | drop | collapsed | status |",
-        "|---|---|---|---|---|---|",
+        "| run | peak | final | drop | collapsed | training wall-clock (min) | status |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["runs"].items():
         lines.append(
             f"| {name} | {r['peak']:.1f} | {r['final']:.1f} | {r['drop']:.1f} | {'yes' if r['collapsed'] else 'no'} "
-            f"| {r['status']} |"
+            f"| {r['train_seconds'] / 60:.1f} | {r['status']} |"
         )
     return lines
 
@@ -539,7 +540,8 @@ def _decision_lines(decision: Mapping[str, Any]) -> list[str]:
             lines.append(f"- **No run of {arms} collapsed at any lr of this grid: L* is not defined by it.**")
         else:
             nexts = " and ".join(
-                f"L*/{d:g} = {lr}" for d, lr in zip(decision["divisors"], decision["next_lrs"])
+                ("L*" if d == 1 else f"L*/{d:g}") + f" = {lr}"
+                for d, lr in zip(decision["divisors"], decision["next_lrs"])
             )
             lines.append(f"- **L* = {decision['l_star']}**; the next stage runs at {nexts}.")
         if decision["missing"]:

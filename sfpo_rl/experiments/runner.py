@@ -45,7 +45,16 @@ from sfpo_rl.experiments.records import (
     write_curves,
 )
 from sfpo_rl.experiments.report import markdown, summarize
-from sfpo_rl.experiments.study import Run, Study, StudyError, check_arms_compose, load_study, plan
+from sfpo_rl.experiments.study import (
+    DECISION_RULES,
+    ENDPOINTS,
+    Run,
+    Study,
+    StudyError,
+    check_arms_compose,
+    load_study,
+    plan,
+)
 from sfpo_rl.utils.provenance import git_state
 
 EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -311,15 +320,24 @@ def _check_checkout(records: Sequence[RunRecord], allow_mixed: bool) -> None:
 
 
 def _print_plan(study: Study, runs: Sequence[Run], done: set[str], runs_dir: Path, out_dir: Path) -> None:
-    print(f"{study.path}: {study.name}")
-    print(
-        f"  {len(study.arms)} arms x {len(study.learning_rates)} lrs, {study.steps} steps per run; every arm's config composes"
-    )
-    for arm in study.arms:
-        print(f"  {arm.name:<16} {arm.label:<24} {arm.seeds} seeds  {' '.join(arm.overrides)}")
-    print(
+    """What --check shows: the arms, the comparisons with what each endpoint means, the decisions, the plan."""
+    lines = [
+        f"{study.shown_path}: {study.name}",
+        f"  {len(study.arms)} arms x {len(study.learning_rates)} lrs ({', '.join(lr.text for lr in study.learning_rates)}), "
+        f"{study.steps} steps per run; every arm's config composes",
+    ]
+    lines += [f"  {a.name:<16} {a.label:<28} {a.seeds} seeds  {' '.join(a.overrides)}" for a in study.arms]
+    for comparison in study.comparisons:
+        pairs = ", ".join(f"{arm} vs {base}" for arm, base in comparison.pairs)
+        lines.append(f'  comparison "{comparison.title}" ({comparison.kind}): {pairs}')
+        for endpoint in comparison.endpoints:
+            decided = "decided" if endpoint in comparison.decide else "reported"
+            lines.append(f"    {endpoint} ({decided}): {ENDPOINTS[endpoint]}")
+    lines += [f"  decision {d.rule}: {DECISION_RULES[d.rule]}" for d in study.decisions]
+    lines.append(
         f"  {len(runs)} runs, {len(done)} done, {len(runs) - len(done)} to go; runs in {runs_dir}, report in {out_dir}"
     )
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

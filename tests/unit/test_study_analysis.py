@@ -264,8 +264,8 @@ def test_the_pilot_rule_picks_the_smallest_lr_at_which_a_multi_epoch_arm_collaps
         and not summary["runs"]["grpo_x4_lr1e-3_seed0"]["collapsed"]
     )
     text = markdown(study, summary, found)
-    assert "**L* = 3e-3**; the next stage runs at L*/3 = 0.001 and L*/1 = 0.003." in text
-    assert "| grpo_x8_lr3e-3_seed0 | 80.0 | 74.0 | 12.0 | yes |" in text
+    assert "**L* = 3e-3**; the next stage runs at L*/3 = 0.001 and L* = 0.003." in text
+    assert "| grpo_x8_lr3e-3_seed0 | 80.0 | 74.0 | 12.0 | yes | 0.4 | finished |" in text
 
     (none,) = summarize(study, pilot_records({("grpo", "3e-3"): 50}))["decisions"]
     assert none["l_star"] is None and none["next_lrs"] == []
