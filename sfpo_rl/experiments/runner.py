@@ -149,7 +149,7 @@ def run_study(
                 run, began = active.pop(future)
                 code = future.result()
                 minutes = (time.monotonic() - began) / 60
-                record = read_run(runs_dir / run.name, run.arm.name, run.lr.text, run.seed)
+                record = next(iter(collect(study, [run], runs_dir, {})), None)
                 if record is None:
                     failed.append(run.name)
                     log(
@@ -180,11 +180,12 @@ def run_study(
 def collect(
     study: Study, runs: Sequence[Run], runs_dir: Path, recorded: dict[str, RunRecord]
 ) -> list[RunRecord]:
-    """Every planned run that is done: from its run directory, else from the curves file."""
+    """Every planned run that is done: from its run directory, else from the curves file. A run validated last
+    before the study's step budget (a shorter earlier budget) is not done: launched again, it continues."""
     records = []
     for run in runs:
         record = read_run(runs_dir / run.name, run.arm.name, run.lr.text, run.seed) or recorded.get(run.name)
-        if record is not None:
+        if record is not None and record.curve.steps and record.curve.steps[-1] >= study.steps:
             records.append(record)
     return records
 

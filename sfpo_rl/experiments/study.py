@@ -448,6 +448,13 @@ def check_arms_compose(study: Study, runs_dir: Path) -> None:
     for arm, where in [(shared_only, "overrides"), *((a, f"arms.{a.name}.overrides") for a in study.arms)]:
         run = Run(arm, lr, 0)
         try:
-            resolved_config([f"trainer.run_dir={runs_dir / run.name}", *run.overrides(study)])
+            resolved = yaml.safe_load(
+                resolved_config([f"trainer.run_dir={runs_dir / run.name}", *run.overrides(study)])
+            )
         except ComposeError as exc:
             raise StudyError(f"{study.path}: {where}: rejected: {exc}") from None
+        if resolved["trainer"]["val_every"] <= 0:
+            raise StudyError(
+                f"{study.path}: {where}: rejected: trainer.val_every={resolved['trainer']['val_every']}: a study needs validation "
+                "(every endpoint is validation accuracy)"
+            )

@@ -109,6 +109,8 @@ def test_the_command_line_exits_2_with_the_message_and_no_traceback(tmp_path, ca
         ({"sfpo": {"overrides": ["algorithm.sfpo.alpha=1.5"], "seeds": 1}}, [], "arms.sfpo.overrides",
          "algorithm.sfpo.alpha must be a number in [0, 1]"),
         ({"sfpo": {"overrides": ["algorithm=sfpo"], "seeds": 1}}, ["rollout.n=many"], "overrides", "rollout.n"),
+        ({"sfpo": {"overrides": ["trainer.val_every=0"], "seeds": 1}}, [], "arms.sfpo.overrides",
+         "trainer.val_every=0: a study needs validation"),
     ],
 )  # fmt: skip
 def test_an_override_hydra_or_the_schema_rejects_stops_the_study_before_any_run(

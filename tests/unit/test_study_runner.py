@@ -58,11 +58,20 @@ def write_study(tmp_path: Path, **changes) -> Path:
 
 
 def fake_run(
-    run_dir: Path, accs, commit=HERE, weights="w0", halted=False, load=1.5, started="2026-12-05T10:00:00Z"
+    run_dir: Path,
+    accs,
+    commit=HERE,
+    weights="w0",
+    halted=False,
+    load=1.5,
+    started="2026-12-05T10:00:00Z",
+    steps=4,
 ):
-    """What a run of 4 steps (validated at 0, 2, 4) leaves in its directory."""
+    """What a run of `steps` steps (validated every 2 steps and before training) leaves in its directory; `accs`
+    are its validation accuracies, the last repeated as needed."""
+    accs = [*accs, *[accs[-1]] * steps]
     rows = [{"step": 0, "val/acc": accs[0], "val/acc_se": 0.01}]
-    for step in range(1, 5):
+    for step in range(1, steps + 1):
         row = {"step": step, "perf/rollouts": 32 * step, "perf/train_seconds": 2.0 * step, "reward/mean": 0.1,
                "perf/load_avg_1m": load + step, "train/nonfinite_in_a_row": 0}  # fmt: skip
         if step % 2 == 0:
@@ -102,7 +111,7 @@ class FakeTrainer:
             self.active -= 1
         if run.name in self.fail:
             return 1
-        fake_run(run_dir, accs_of(run.name), halted=run.name in self.halt)
+        fake_run(run_dir, accs_of(run.name), halted=run.name in self.halt, steps=study.steps)
         return 3 if run.name in self.halt else 0
 
 
@@ -152,6 +161,13 @@ def test_runs_recorded_in_the_curves_file_count_as_finished_and_stay_in_the_repo
     assert runner.main([str(path), "--runs", str(tmp_path / "second_machine")], train=elsewhere) == 0
     assert elsewhere.trained == [] and "4 runs planned, 4 done, 0 to go" in capsys.readouterr().out
     assert json.loads((tmp_path / "report/report.json").read_text())["provenance"]["runs"] == 4
+
+
+def test_runs_of_a_shorter_budget_are_continued_not_reused(tmp_path, capsys):
+    assert runner.main([str(write_study(tmp_path))], train=FakeTrainer()) == 0
+    longer = FakeTrainer()  # the file now asks for 6 steps; the runs validated last at step 4
+    assert runner.main([str(write_study(tmp_path, steps=6))], train=longer) == 0
+    assert len(longer.trained) == 4 and "4 runs planned, 0 done, 4 to go" in capsys.readouterr().out
 
 
 def test_parallel_runs_go_n_at_a_time_in_plan_order(tmp_path):
