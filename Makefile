@@ -44,9 +44,11 @@ test-fast: setup
 bench: setup
 	$(PY) -m sfpo_rl.bench --quick $(ARGS)
 
-# The GRPO-vs-SFPO study (results/compare/PROTOCOL.md): hours on 2 cores; resumable, re-run to continue.
+# A study (sfpo-rl-study): runs, resumes, analyses and plots the study file STUDY; re-run to continue. The default
+# is the GRPO-vs-SFPO study (results/compare/PROTOCOL.md), all of whose runs are recorded in its curves.json.
+STUDY ?= results/compare/study.yaml
 compare: setup
-	$(PY) -m sfpo_rl.experiments.compare $(ARGS)
+	$(VENV)/bin/sfpo-rl-study $(STUDY) $(ARGS)
 
 # The actor's GPU path on one CUDA device (sfpo_rl/bench/gpu_check.py). No setup: the GPU machine has torch,
 # transformers and safetensors but no .venv, Ray, vLLM, Hydra or network, so it runs from the repository root.

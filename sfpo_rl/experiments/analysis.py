@@ -12,6 +12,9 @@ validation step; its time axis is the seeds' mean training wall-clock at that st
   resample in which the arm never reaches the target counts as an infinite ratio.
 - `mean_ci` / `difference_ci`: Student-t intervals of a seed mean and Welch intervals of a difference of two
   seed means (few seeds: a percentile bootstrap of a mean would be too narrow).
+- `drop`: a run's largest fall from its own running peak; `collapse_test`: two cells' collapse counts compared
+  with Fisher's exact test; `largest_gap`: where two seed-mean curves are furthest apart; `equivalence`: an
+  interval against a +-margin.
 """
 
 from __future__ import annotations
@@ -130,3 +133,51 @@ def final_acc(curve: Curve) -> float:
 def best_mean_acc(curves: Sequence[Curve]) -> float:
     """The peak of the seed-mean curve: how an arm's learning rates are ranked (see PROTOCOL.md)."""
     return float(mean_curve(curves)[1].max())
+
+
+def drop(accs: Sequence[float]) -> float:
+    """The largest fall from the running peak, max over t of (max(acc[0..t]) - acc[t])."""
+    peak, worst = -math.inf, 0.0
+    for acc in accs:
+        peak = max(peak, acc)
+        worst = max(worst, peak - acc)
+    return worst
+
+
+@dataclass(frozen=True)
+class CollapseTest:
+    collapsed: int
+    runs: int
+    baseline_collapsed: int
+    baseline_runs: int
+    p: float  # two-sided Fisher exact test of the 2x2 table (collapsed / not, arm / baseline)
+
+
+def collapse_test(collapsed: Sequence[bool], baseline_collapsed: Sequence[bool]) -> CollapseTest:
+    a, b = sum(collapsed), sum(baseline_collapsed)
+    table = [[a, len(collapsed) - a], [b, len(baseline_collapsed) - b]]
+    return CollapseTest(
+        a, len(collapsed), b, len(baseline_collapsed), float(stats.fisher_exact(table).pvalue)
+    )
+
+
+def largest_gap(arm: Sequence[Curve], baseline: Sequence[Curve]) -> tuple[float, int]:
+    """(arm's seed-mean minus the baseline's, at the validation step where its magnitude is largest; that step)."""
+    _, arm_acc = mean_curve(arm)
+    _, base_acc = mean_curve(baseline)
+    if arm[0].steps != baseline[0].steps:
+        raise ValueError("the two cells must validate at the same steps")
+    gaps = arm_acc - base_acc
+    i = int(np.argmax(np.abs(gaps)))
+    return float(gaps[i]), arm[0].steps[i]
+
+
+def equivalence(intervals: Sequence[Interval], margin: float) -> str:
+    """A hypothesis that two arms track each other within +-margin: "contradicted" when any interval lies wholly
+    outside [-margin, margin], "supported" when every interval lies inside it, "inconclusive" otherwise (and
+    when an interval could not be computed)."""
+    if any(i.low > margin or i.high < -margin for i in intervals):
+        return "contradicted"
+    if all(-margin <= i.low and i.high <= margin for i in intervals):
+        return "supported"
+    return "inconclusive"

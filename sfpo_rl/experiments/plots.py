@@ -1,5 +1,9 @@
-"""The study's figures: seed-mean validation accuracy with a band of +-1 standard error over seeds, against
-rollouts and against training wall-clock, one panel per learning rate; and every arm at its best lr."""
+"""A study's figures: validation accuracy against rollouts and against training wall-clock, one column per learning
+rate. Each arm (its label from the study file) is drawn as its seed mean with a 95% Student-t band of the mean and
+every seed's own curve faint behind it. The bottom row zooms into the last third of the budget with its own
+y-limits, so differences of a point near the ceiling stay visible. The wall-clock figure carries a warning about
+the machine's load. `best_lr.png` (each arm at its best lr) is drawn only when the arms' best lrs differ:
+otherwise it would repeat one column."""
 
 from __future__ import annotations
 
@@ -7,12 +11,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from sfpo_rl.experiments.analysis import mean_curve
-from sfpo_rl.experiments.report import Cells
+from sfpo_rl.experiments.records import RunRecord
+from sfpo_rl.experiments.report import Cells, cells_of
+from sfpo_rl.experiments.study import Study
 from sfpo_rl.trainer.learning_curve import Curve
 
-AXES = {"rollouts": "rollouts (samples generated)", "seconds": "training wall-clock (s, mean over seeds)"}
+AXES = {"rollouts": "rollouts (samples generated)", "seconds": "training wall-clock (s)"}
+BEST_LR_FILE = "best_lr.png"
 
 
 def _pyplot():
@@ -24,44 +32,126 @@ def _pyplot():
     return plt
 
 
-def _band(ax, curves: Sequence[Curve], axis: str, label: str, color: str) -> None:
+def _draw(ax, curves: Sequence[Curve], axis: str, label: str, color: str) -> tuple[float, list[float]]:
+    """Seed mean, 95% band and faint seeds on `ax`. Returns where the last third of the validation points begins
+    on the x axis and the y values drawn from there on (the zoom's limits)."""
     x, mean = mean_curve(curves, axis)
-    ax.plot(x, 100 * mean, color=color, label=f"{label} ({len(curves)} seeds)", marker=".")
+    tail = slice((2 * len(x)) // 3, None)
+    shown = list(100 * mean[tail])
+    for c in curves:
+        ax.plot(c.axis(axis), 100 * np.asarray(c.acc), color=color, alpha=0.25, linewidth=0.8)
+        shown += list(100 * np.asarray(c.acc)[tail])
+    ax.plot(
+        x,
+        100 * mean,
+        color=color,
+        marker=".",
+        linewidth=1.8,
+        label=f"{label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})",
+    )
     if len(curves) > 1:
-        se = np.std([c.acc for c in curves], axis=0, ddof=1) / np.sqrt(len(curves))
-        ax.fill_between(x, 100 * (mean - se), 100 * (mean + se), color=color, alpha=0.2, linewidth=0)
+        half = stats.t.ppf(0.975, len(curves) - 1) * np.std([c.acc for c in curves], axis=0, ddof=1)
+        low, high = 100 * (mean - half / np.sqrt(len(curves))), 100 * (mean + half / np.sqrt(len(curves)))
+        ax.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)
+        shown += list(low[tail]) + list(high[tail])
+    return float(x[tail][0]), shown
 
 
-def plot_study(cells: Cells, best_lr: Mapping[str, float], arms: Sequence[str], out_dir: Path) -> list[Path]:
+def _load_warning(study: Study, records: Sequence[RunRecord]) -> str:
+    loads = [r.load_avg_1m for r in records if r.load_avg_1m]
+    cores = {launch.get("cpu_count") for r in records for launch in r.launches} - {None}
+    recorded = (
+        f"recorded 1-min load average: mean {np.mean([x['mean'] for x in loads]):.1f}, max "
+        f"{max(x['max'] for x in loads):.1f}"
+        + (f" on {'/'.join(map(str, sorted(cores)))} cores" if cores else "")
+        if loads
+        else "load not recorded"
+    )
+    shared = "other work shared the machine while these runs trained; " if study.shared_machine else ""
+    return f"Warning: wall-clock depends on the machine's load: {shared}{recorded}. Reported, not decided on."
+
+
+def plot_study(
+    study: Study, records: Sequence[RunRecord], best_lr: Mapping[str, str], out_dir: Path
+) -> list[Path]:
     plt = _pyplot()
-    colors = {arm: f"C{i}" for i, arm in enumerate(arms)}
-    lrs = sorted({lr for _, lr in cells})
+    cells = cells_of(records)
+    arms = [arm for arm in study.arms if any(cell[0] == arm.name for cell in cells)]
+    colors = {arm.name: f"C{i}" for i, arm in enumerate(study.arms)}
+    lrs = [
+        lr
+        for lr in sorted(study.learning_rates, key=lambda lr: lr.value)
+        if any(c[1] == lr.text for c in cells)
+    ]
     paths = []
-    for axis, label in AXES.items():
-        fig, panels = plt.subplots(1, len(lrs), figsize=(5.5 * len(lrs), 4.5), sharey=True, squeeze=False)
-        for ax, lr in zip(panels[0], lrs):
-            for arm in arms:
-                if (arm, lr) in cells:
-                    _band(ax, list(cells[(arm, lr)].values()), axis, arm, colors[arm])
-            ax.set_title(f"lr {lr:g}")
-            ax.set_xlabel(label)
-            ax.grid(alpha=0.3)
-        panels[0][0].set_ylabel("validation accuracy (%), band: +-1 s.e. over seeds")
-        panels[0][-1].legend(fontsize=8)
+    for axis, axis_label in AXES.items():
+        fig, panels = plt.subplots(2, len(lrs), figsize=(5.2 * len(lrs), 8.5), squeeze=False)
+        for col, lr in enumerate(lrs):
+            present = [arm for arm in arms if (arm.name, lr.text) in cells]
+            full, zoom = panels[0][col], panels[1][col]
+            for arm in present:
+                _draw(full, list(cells[(arm.name, lr.text)].values()), axis, arm.label, colors[arm.name])
+            # The zoom: each arm's last third of validation points, with y-limits fitted to what is drawn there.
+            starts, shown = [], []
+            for arm in present:
+                start, values = _draw(
+                    zoom, list(cells[(arm.name, lr.text)].values()), axis, arm.label, colors[arm.name]
+                )
+                starts.append(start)
+                shown += values
+            x_max = max(max(c.axis(axis)) for arm in present for c in cells[(arm.name, lr.text)].values())
+            zoom.set_xlim(min(starts), x_max * 1.01)
+            pad = max(0.5, 0.08 * (max(shown) - min(shown)))
+            zoom.set_ylim(min(shown) - pad, max(shown) + pad)
+            full.set_title(f"lr {lr.text}")
+            zoom.set_title(f"lr {lr.text}: last third, zoomed (own y-axis)")
+            for ax in (full, zoom):
+                ax.set_xlabel(axis_label)
+                ax.grid(alpha=0.3)
+        panels[0][0].set_ylabel("validation accuracy (%)")
+        panels[1][0].set_ylabel("validation accuracy (%)")
+        handles, labels = panels[0][-1].get_legend_handles_labels()
+        _finish(fig, study, records, axis, handles, labels)
         paths.append(out_dir / f"val_acc_vs_{axis}.png")
         fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
+    paths += _plot_best_lr(plt, study, records, cells, best_lr, colors, out_dir)
+    return paths
 
-    fig, panels = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, (axis, label) in zip(panels, AXES.items()):
-        for arm, lr in best_lr.items():
-            _band(ax, list(cells[(arm, lr)].values()), axis, f"{arm} @ {lr:g}", colors[arm])
-        ax.set_xlabel(label)
+
+def _finish(fig, study: Study, records: Sequence[RunRecord], axis: str, handles, labels) -> None:
+    title = f"{study.name}: seed mean (line), 95% t-interval of the mean (band), each seed (faint)"
+    if axis == "seconds":
+        title += "\n" + _load_warning(study, records)
+    fig.suptitle(title, fontsize=10, color="black" if axis == "rollouts" else "darkred")
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=9, bbox_to_anchor=(0.5, -0.03)
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+
+
+def _plot_best_lr(plt, study, records, cells: Cells, best_lr, colors, out_dir: Path) -> list[Path]:
+    path = out_dir / BEST_LR_FILE
+    if len(set(best_lr.values())) <= 1:  # one lr for every arm: the figure would repeat that lr's column
+        path.unlink(missing_ok=True)
+        return []
+    fig, panels = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, (axis, axis_label) in zip(panels, AXES.items()):
+        for arm in study.arms:
+            if arm.name in best_lr:
+                curves = list(cells[(arm.name, best_lr[arm.name])].values())
+                _draw(ax, curves, axis, f"{arm.label} @ {best_lr[arm.name]}", colors[arm.name])
+        ax.set_xlabel(axis_label)
         ax.grid(alpha=0.3)
     panels[0].set_ylabel("validation accuracy (%)")
-    panels[0].set_title("each arm at its best learning rate")
-    panels[1].legend(fontsize=8)
-    paths.append(out_dir / "best_lr.png")
-    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, bbox_to_anchor=(0.5, -0.06)
+    )
+    fig.suptitle(
+        f"{study.name}: each arm at its best lr\n{_load_warning(study, records)} (right panel)", fontsize=10
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return paths
+    return [path]

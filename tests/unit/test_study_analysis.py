@@ -1,0 +1,370 @@
+"""The study's analysis on synthetic curves with known answers: curves read from metrics.jsonl, interpolated
+first-reach costs, reach ratios and their bootstrap intervals, t / Welch intervals, drops, Fisher's exact test,
+the largest gap and the equivalence rule against hand-worked values; verdicts, best lrs, the decision rules of
+the stability study's files; and the first study's report reproduced from its committed curves."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sfpo_rl.experiments.analysis import (
+    Interval,
+    bootstrap_reach_ratio,
+    collapse_test,
+    difference_ci,
+    drop,
+    equivalence,
+    largest_gap,
+    mean_ci,
+    reach,
+    reach_ratio,
+)
+from sfpo_rl.experiments.records import RunRecord, read_curves
+from sfpo_rl.experiments.report import markdown, summarize, verdict
+from sfpo_rl.experiments.study import load_study
+from sfpo_rl.trainer.learning_curve import Curve, load_curve, plot_learning_curve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+ROLLOUTS = [0, 640, 1280, 1920, 2560]
+
+
+def curve(accs, seconds=None, rollouts=ROLLOUTS):
+    seconds = seconds or [r / 100 for r in rollouts]
+    return Curve(
+        steps=list(range(0, 5 * len(accs), 5)),
+        rollouts=list(rollouts),
+        seconds=list(seconds),
+        acc=list(accs),
+        acc_se=[0.01] * len(accs),
+        phase_seconds={
+            "generate": 0.5,
+            "reward": 0.1,
+            "old_log_prob": 0.1,
+            "advantage": 0.0,
+            "update": 1.0,
+            "sync": 0.1,
+        },
+    )
+
+
+def test_load_curve_reads_validation_points_rewards_phases_and_the_switch(tmp_path):
+    rows = [
+        {"step": 0, "val/acc": 0.1, "val/acc_se": 0.01},
+        {"step": 1, "perf/rollouts": 64, "perf/train_seconds": 2.0, "reward/mean": 0.2, "sfpo/active": 1.0,
+         "timing/update": 1.5, "timing/generate": 0.5},
+        {"step": 2, "perf/rollouts": 128, "perf/train_seconds": 4.5, "reward/mean": 0.3, "sfpo/active": 0.0,
+         "timing/update": 0.5, "timing/generate": 1.0, "val/acc": 0.25, "val/acc_se": 0.012},
+        {"step": 3, "perf/rollouts": 192, "perf/train_seconds": 6.0, "reward/mean": 0.4, "sfpo/active": 0.0},
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = load_curve(tmp_path)
+    assert (c.steps, c.rollouts, c.seconds, c.acc, c.acc_se) == (
+        [0, 2], [0.0, 128.0], [0.0, 4.5], [0.1, 0.25], [0.01, 0.012],
+    )  # fmt: skip
+    assert (c.train_steps, c.train_reward, c.switch_step) == ([1, 2, 3], [0.2, 0.3, 0.4], 2)
+    assert c.phase_seconds["update"] == pytest.approx(2.0 / 3) and c.phase_seconds["generate"] == 0.5
+
+
+def test_grpo_runs_have_no_switch_off(tmp_path):
+    rows = [{"step": s, "sfpo/active": 0.0, "reward/mean": 0.1} for s in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_curve(tmp_path).switch_step is None
+
+
+def test_reach_interpolates_between_validation_points():
+    assert reach([0, 10, 20], [0.1, 0.3, 0.5], 0.4) == pytest.approx(15.0)
+    assert reach([0, 10, 20], [0.1, 0.3, 0.5], 0.3) == 10.0
+    assert reach([0, 10, 20], [0.4, 0.3, 0.5], 0.35) == 0.0  # reached before spending anything
+    assert reach([0, 10, 20], [0.1, 0.5, 0.2], 0.6) is None
+
+
+def test_reach_ratio_of_a_curve_that_learns_twice_as_fast_is_one_half():
+    # GRPO peaks at 0.5 after 2560 rollouts; the arm climbs the same line twice as fast.
+    grpo = [curve([0.1, 0.2, 0.3, 0.4, 0.5])]
+    fast = [curve([0.1, 0.3, 0.5, 0.5, 0.5])]
+    assert reach_ratio(grpo, fast) == pytest.approx(0.5)
+    assert reach_ratio(fast, grpo) is None or reach_ratio(fast, grpo) == pytest.approx(2.0)
+    never = [curve([0.1, 0.2, 0.2, 0.2, 0.2])]
+    assert reach_ratio(grpo, never) is None
+
+
+def test_reach_ratio_uses_the_seed_mean_curves():
+    # Seed means: GRPO 0.1, 0.2, 0.3, 0.4, 0.4 (best 0.4 first at 1920); arm 0.1, 0.4, ... (reaches at 640).
+    grpo = [curve([0.1, 0.1, 0.2, 0.3, 0.3]), curve([0.1, 0.3, 0.4, 0.5, 0.5])]
+    arm = [curve([0.1, 0.4, 0.4, 0.4, 0.4]), curve([0.1, 0.4, 0.4, 0.4, 0.4])]
+    assert reach_ratio(grpo, arm) == pytest.approx(640 / 1920)
+    # On the seconds axis the arm's steps cost twice as much: the ratio doubles.
+    slow_arm = [curve(c.acc, seconds=[2 * s for s in c.seconds]) for c in arm]
+    assert reach_ratio(grpo, slow_arm, "seconds") == pytest.approx(2 * 640 / 1920)
+
+
+def test_bootstrap_interval_of_identical_seeds_is_the_point_and_counts_never():
+    grpo = [curve([0.1, 0.2, 0.3, 0.4, 0.5])] * 3
+    fast = [curve([0.1, 0.3, 0.5, 0.5, 0.5])] * 3
+    i = bootstrap_reach_ratio(grpo, fast, resamples=200)
+    assert (i.estimate, i.low, i.high, i.never) == (
+        pytest.approx(0.5),
+        pytest.approx(0.5),
+        pytest.approx(0.5),
+        0.0,
+    )
+    # One of two arm seeds never learns: only resamples that draw the other seed twice (1 in 4) reach 0.5.
+    mixed = [curve([0.1, 0.3, 0.5, 0.5, 0.5]), curve([0.1, 0.1, 0.1, 0.1, 0.1])]
+    i = bootstrap_reach_ratio(grpo, mixed, resamples=2000)
+    assert i.estimate is None and 0.7 < i.never < 0.8 and i.low == pytest.approx(0.5) and math.isinf(i.high)
+
+
+def test_t_and_welch_intervals_match_hand_computed_values():
+    # mean 2, sd 1, n 3: half-width t(0.975, 2) * 1 / sqrt(3) = 4.302653 / 1.732051.
+    i = mean_ci([1.0, 2.0, 3.0])
+    assert (i.estimate, i.high - i.estimate) == (2.0, pytest.approx(4.302653 / math.sqrt(3), rel=1e-5))
+    # Equal variances and sizes: Welch's dof = 2 (n - 1) = 4, se = sqrt(2 / 3); t(0.975, 4) = 2.776445.
+    d = difference_ci([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
+    assert d.estimate == 3.0 and d.high - 3.0 == pytest.approx(2.776445 * math.sqrt(2 / 3), rel=1e-5)
+    assert math.isnan(mean_ci([1.0]).low)
+
+
+def test_learning_curve_png_is_written_with_the_switch_marked(tmp_path):
+    rows = [{"step": 0, "val/acc": 0.1, "val/acc_se": 0.01}] + [
+        {"step": s, "perf/rollouts": 128 * s, "reward/mean": 0.1 * s, "sfpo/active": float(s < 3)}
+        for s in range(1, 5)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = plot_learning_curve(tmp_path, "sfpo")
+    assert path == tmp_path / "learning_curve.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_curve(tmp_path).switch_step == 3
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # validation only: nothing to draw
+    assert plot_learning_curve(tmp_path) is None
+
+
+def records(cells):
+    """RunRecords from {(arm, lr text): {seed: curve}}."""
+    return [RunRecord(arm, lr, seed, c) for (arm, lr), runs in cells.items() for seed, c in runs.items()]
+
+
+def study_file(tmp_path, name, **changes):
+    """A committed study file with some fields changed (e.g. lrs filled in)."""
+    raw = yaml.safe_load((ROOT / name).read_text())
+    raw.update(changes)
+    path = tmp_path / Path(name).name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_study(path)
+
+
+def test_drop_is_the_largest_fall_from_the_running_peak():
+    # Running peak 0.3, 0.5, 0.5, 0.5, 0.5: falls 0, 0, 0.3, 0.1, 0.4.
+    assert drop([0.3, 0.5, 0.2, 0.4, 0.1]) == pytest.approx(0.4)
+    assert drop([0.1, 0.2, 0.3]) == 0.0
+    assert drop([0.5, 0.4, 0.45, 0.0]) == pytest.approx(0.5)
+
+
+def test_fisher_exact_test_matches_the_hand_computed_hypergeometric_p():
+    # 5 of 5 against 0 of 5: only the observed table and its mirror are as extreme; each has 1 / C(10, 5).
+    t = collapse_test([True] * 5, [False] * 5)
+    assert (t.collapsed, t.runs, t.baseline_collapsed, t.baseline_runs) == (5, 5, 0, 5)
+    assert t.p == pytest.approx(2 / 252)
+    # 3 of 5 against 0 of 5: P(X = k) = C(5, k) C(5, 3 - k) / C(10, 3) = 10, 50, 50, 10 (/120); as extreme: k = 0, 3.
+    assert collapse_test([True] * 3 + [False] * 2, [False] * 5).p == pytest.approx(20 / 120)
+    assert collapse_test([False] * 3, [False] * 3).p == 1.0
+
+
+def test_largest_gap_is_signed_and_names_its_step():
+    arm = [curve([0.1, 0.3, 0.5, 0.5, 0.6]), curve([0.1, 0.3, 0.3, 0.5, 0.6])]  # mean 0.1 0.3 0.4 0.5 0.6
+    base = [curve([0.1, 0.2, 0.2, 0.45, 0.65])]
+    gap, step = largest_gap(arm, base)
+    assert gap == pytest.approx(0.2) and step == 10
+    gap, step = largest_gap(base, arm)
+    assert gap == pytest.approx(-0.2) and step == 10
+
+
+def test_equivalence_is_supported_only_inside_the_margin_everywhere():
+    inside, crossing, outside = (
+        Interval(0.0, -0.03, 0.04),
+        Interval(0.02, -0.01, 0.07),
+        Interval(0.1, 0.06, 0.14),
+    )
+    assert equivalence([inside, inside], 0.05) == "supported"
+    assert equivalence([inside, crossing], 0.05) == "inconclusive"
+    assert equivalence([inside, outside], 0.05) == "contradicted"
+    assert equivalence([Interval(-0.1, -0.14, -0.06)], 0.05) == "contradicted"
+    assert equivalence([Interval(0.0, math.nan, math.nan)], 0.05) == "inconclusive"
+
+
+def test_verdicts_claim_a_difference_only_when_the_whole_interval_does():
+    fewer, higher = Interval(0.5, 0.4, 0.9), Interval(0.1, 0.02, 0.2)
+    assert verdict({"rollouts": fewer, "final": higher}) == "fewer rollouts; higher final"
+    assert verdict({"rollouts": Interval(2.0, 1.2, math.inf), "final": Interval(-0.1, -0.2, -0.01)}) == (
+        "more rollouts; lower final"
+    )
+    assert verdict({"rollouts": Interval(0.9, 0.5, 1.1), "final": Interval(0.0, -0.1, 0.1)}) == (
+        "rollouts: no difference shown; final: no difference shown"
+    )
+    assert verdict({"rollouts": Interval(None, 0.5, math.inf, never=0.6)}) == "rollouts: no difference shown"
+    assert verdict({"rollouts": Interval(0.5, math.nan, math.nan), "final": higher}) == "too few seeds"
+    assert verdict({"drop": Interval(-0.1, -0.2, -0.05)}) == "loses less from its peak"
+    assert verdict({"drop": Interval(0.1, -0.2, 0.3)}) == "drop: no difference shown"
+    assert verdict({"collapse": collapse_test([False] * 5, [True] * 5)}) == "collapses less often"
+    assert (
+        verdict({"collapse": collapse_test([True] * 3, [False] * 3)}) == "collapse rate: no difference shown"
+    )
+
+
+def test_summary_compares_pairs_and_best_lrs(tmp_path):
+    grpo = {("grpo", lr): {s: curve([0.1, 0.2, 0.3, 0.4, 0.4 + 0.1 * (lr == "3e-4") + 0.01 * s]) for s in range(3)}
+            for lr in ("1e-4", "3e-4")}  # fmt: skip
+    sfpo = {("sfpo", "1e-4"): {s: curve([0.1, 0.4, 0.5, 0.5, 0.5 + 0.01 * s]) for s in range(3)}}
+    matched = {("grpo_x4", "1e-4"): {s: curve([0.1, 0.4, 0.4, 0.4, 0.4]) for s in range(3)}}
+    study = study_file(tmp_path, "results/compare/study.yaml", learning_rates=["1e-4", "3e-4"])
+    summary = summarize(study, records({**grpo, **sfpo, **matched}))
+    assert summary["best_lr"] == {"grpo": "3e-4", "sfpo": "1e-4", "grpo_x4": "1e-4"}
+    same_lr, matched_rows, best = (c["rows"] for c in summary["comparisons"])
+    v = same_lr["sfpo@1e-4"]
+    assert v["final"]["estimate"] == pytest.approx(0.5 - 0.4)
+    assert v["rollouts"]["estimate"] == pytest.approx((640 + 0.1 * 640) / 2560)  # mean 0.41 reached at 704
+    assert v["verdict"] == "fewer rollouts; higher final"
+    assert matched_rows["sfpo@1e-4"]["baseline"] == "grpo_x4"
+    # At their best lrs GRPO peaks at 0.51 (seed mean) and SFPO at 0.51: reached at the last point.
+    assert best["sfpo"]["rollouts"]["estimate"] == pytest.approx(1.0)
+    table = markdown(study, summary, records({**grpo, **sfpo, **matched}))
+    assert "| sfpo | 1e-4 | 3 | 10.0 |" in table and "sfpo@1e-4 (vs grpo_x4)" in table
+    assert "The best lr of sfpo, grpo_x4 is the grid's smallest, 1e-4" in table
+    assert "The best lr of grpo is the grid's largest, 3e-4" in table
+
+
+def pilot_records(drops_at):
+    """One seed of grpo / grpo_x4 / grpo_x8 at each pilot lr; `drops_at[(arm, lr)]` points lost after the peak."""
+    cells = {}
+    for arm in ("grpo", "grpo_x4", "grpo_x8"):
+        for lr in ("3e-4", "1e-3", "3e-3"):
+            fall = drops_at.get((arm, lr), 0) / 100
+            cells[(arm, lr)] = {0: curve([0.3, 0.6, 0.8, 0.8 - fall, 0.8 - fall / 2])}
+    return records(cells)
+
+
+def test_the_pilot_rule_picks_the_smallest_lr_at_which_a_multi_epoch_arm_collapses(tmp_path):
+    study = load_study(ROOT / "results/stability/pilot.yaml")
+    # grpo collapses at 3e-4 (it does not count), grpo_x4 loses 9.9 at 1e-3 (not >= 10), grpo_x8 loses 12 at 3e-3.
+    found = pilot_records({("grpo", "3e-4"): 30, ("grpo_x4", "1e-3"): 9.9, ("grpo_x8", "3e-3"): 12})
+    (decision,) = summarize(study, found)["decisions"]
+    assert (
+        decision["l_star"] == "3e-3"
+        and decision["next_lrs"] == ["0.001", "0.003"]
+        and not decision["missing"]
+    )
+    assert decision["drops_by_lr"]["1e-3"]["grpo_x4"] == [pytest.approx(9.9)]
+    summary = summarize(study, found)
+    assert (
+        summary["runs"]["grpo_lr3e-4_seed0"]["collapsed"]
+        and not summary["runs"]["grpo_x4_lr1e-3_seed0"]["collapsed"]
+    )
+    text = markdown(study, summary, found)
+    assert "**L* = 3e-3**; the next stage runs at L*/3 = 0.001 and L* = 0.003." in text
+    assert "| grpo_x8_lr3e-3_seed0 | 80.0 | 74.0 | 12.0 | yes | 0.4 | finished |" in text
+
+    (none,) = summarize(study, pilot_records({("grpo", "3e-3"): 50}))["decisions"]
+    assert none["l_star"] is None and none["next_lrs"] == []
+    partial = [r for r in found if r.name != "grpo_x4_lr3e-4_seed0"]
+    assert summarize(study, partial)["decisions"][0]["missing"] == ["grpo_x4_lr3e-4_seed0"]
+
+
+def stage1_records(final_and_drop):
+    """5 seeds per cell at one lr; (final, drop) per seed for each arm: curve 0.3 -> peak -> final."""
+    cells = {}
+    for arm, runs in final_and_drop.items():
+        cells[(arm, "1e-3")] = {
+            s: curve([0.3, 0.5, (final + dropped) / 100, final / 100, final / 100])
+            for s, (final, dropped) in enumerate(runs)
+        }
+    return records(cells)
+
+
+def test_stage_1_decides_stabilisation_by_the_protocols_rule(tmp_path):
+    study = study_file(tmp_path, "results/stability/study.yaml", learning_rates=["1e-3"])
+    steady = [(80 + s, 1 + 0.5 * s) for s in range(5)]  # drops 1-3 points
+    collapsing = [(60 + s, 20 + s) for s in range(5)]  # drops 20-24 points: all collapse
+    found = stage1_records({"grpo_x4": collapsing, "sfpo_k3_a0.8": steady, "grpo_x8": steady, "sfpo_k7_a0.5": steady,
+                            "sfpo_k7_a0.2": [(70 + s, 1 + 0.5 * s) for s in range(5)]})  # fmt: skip
+    summary = summarize(study, found)
+    rows = summary["comparisons"][0]["rows"]
+    k3 = rows["sfpo_k3_a0.8@1e-3"]
+    assert k3["collapse"]["p"] == pytest.approx(2 / 252) and k3["drop"]["high"] < 0
+    assert k3[
+        "verdict"
+    ] == "higher final; loses less from its peak; collapses less often; rollouts: no difference shown" or (
+        k3["verdict"].startswith("higher final; loses less from its peak; collapses less often; ")
+    )
+    (decision,) = summary["decisions"]
+    assert decision["cells"]["sfpo_k3_a0.8@1e-3"]["stabilises"]
+    assert not decision["cells"]["sfpo_k7_a0.5@1e-3"]["stabilises"]  # same as its baseline
+    k7_02 = decision["cells"]["sfpo_k7_a0.2@1e-3"]
+    assert k7_02["ends_lower"] and not k7_02["stabilises"]  # ends 10 points lower
+    assert decision["shown_at"] == ["sfpo_k3_a0.8@1e-3"]
+    assert "The reposition is shown to stabilise aggressive steps at: sfpo_k3_a0.8@1e-3" in markdown(
+        study, summary, found
+    )
+
+
+def test_the_confirmatory_test_reports_the_equivalence_outcome_and_the_largest_gap(tmp_path):
+    study = load_study(ROOT / "results/stability/confirm.yaml")
+
+    def cells(offset_by_lr):
+        found = {}
+        for lr, offset in offset_by_lr.items():
+            found[("grpo_x2", lr)] = {s: curve([0.3, 0.5, 0.6, 0.7, 0.7 + 0.01 * s]) for s in range(3)}
+            found[("sfpo_k3_a0.33", lr)] = {s: curve([0.3, 0.5, 0.6 + offset, 0.7 + offset, 0.7 + offset + 0.01 * s])
+                                            for s in range(3)}  # fmt: skip
+        return records(found)
+
+    def outcome(offsets):
+        (decision,) = summarize(study, cells(offsets))["decisions"]
+        return decision["pairs"]["sfpo_k3_a0.33 vs grpo_x2"]["outcome"]
+
+    assert outcome({"1e-5": 0.01, "3e-5": -0.02}) == "supported"
+    assert outcome({"1e-5": 0.01, "3e-5": 0.08}) == "contradicted"
+    assert outcome({"1e-5": 0.01}) == "inconclusive"  # 3e-5 not finished: cannot be supported yet
+    summary = summarize(study, cells({"1e-5": 0.01, "3e-5": -0.02}))
+    gap = summary["comparisons"][0]["rows"]["sfpo_k3_a0.33@3e-5"]["gap"]
+    assert gap == {"points": pytest.approx(-2.0), "step": 10}
+    assert "sfpo_k3_a0.33 vs grpo_x2: **supported**" in markdown(
+        study, summary, cells({"1e-5": 0.01, "3e-5": -0.02})
+    )
+
+
+@pytest.fixture(scope="module")
+def first_study():
+    here = os.getcwd()
+    os.chdir(ROOT)  # the report names its study file relative to the working directory
+    try:
+        study = load_study("results/compare/study.yaml")
+        found = list(read_curves(study.out / "curves.json").values())
+        summary = summarize(study, found)
+        return summary, markdown(study, summary, found)
+    finally:
+        os.chdir(here)
+
+
+@pytest.mark.timeout(900)  # 2,000 bootstrap resamples for each of 33 comparisons on two axes
+def test_the_first_study_reproduces_its_report_from_the_committed_curves(first_study):
+    """Today's compare.md (as committed at 270e401, before the study became a file) is reproduced line for line;
+    the sections after it are the notes and provenance issue 19 added. The committed report is this output."""
+    _, text = first_study
+    assert text.startswith((ROOT / "tests/unit/data/compare_270e401.md").read_text())
+    assert text == (ROOT / "results/compare/compare.md").read_text()
+
+
+def test_the_first_studys_notes_name_the_grid_edge_the_switch_off_and_the_near_misses(first_study):
+    summary, _ = first_study
+    notes = "\n".join(summary["notes"])
+    assert "Every arm's best lr is the grid's largest, 0.0001: the edge of the grid" in notes
+    assert "sfpo (SFPO K=3 a=0.8) at lr 1e-05: SFPO's entropy switch-off fired in 4 of 5 runs" in notes
+    assert "they gained +5.0 points on average, the other runs +11.0" in notes
+    assert "sfpo@0.0001 against grpo_x4: the arm's seed-mean curve peaks 0.08 points below" in notes
+    assert "23% of the bootstrap resamples do reach it" in notes
+    assert summary["provenance"]["commits"] == {"a4ab0528ccc010f34c6ee88122318162a7f121fe": 66}
+    assert summary["provenance"]["reconstructed_runs"] == 66
