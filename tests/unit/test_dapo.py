@@ -24,6 +24,7 @@ from sfpo_rl.algorithms.dapo import (
     overlong_filtered_mask,
     sample_groups,
 )
+from sfpo_rl.controller import WorkerError
 from sfpo_rl.data.dataset import PromptDataset
 from sfpo_rl.data.io import write_records
 from sfpo_rl.data.loader import PromptLoader
@@ -32,7 +33,7 @@ from sfpo_rl.rewards.shaping import OverlongBufferConfig, add_at_last_token, ove
 from sfpo_rl.tiny.model import build_tokenizer
 from sfpo_rl.trainer.config import ConfigError, register_schema, to_run_config
 from sfpo_rl.trainer.main import CONFIG_DIR
-from sfpo_rl.trainer.ray_trainer import next_prompts
+from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainerState, next_prompts
 
 register_schema()
 
@@ -332,3 +333,68 @@ def test_the_command_exits_2_before_any_worker_starts(tmp_path, override, messag
     proc = cli(tmp_path, "algorithm=dapo", override, f"trainer.run_dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "cache").exists()  # failed before any expensive work
+
+
+# ------------------------------------------------------------------ the driver's rounds (stand-in workers)
+class StandInGroups:
+    """Worker groups that answer from the prompts alone: each prompt's 2 samples have 8 response tokens, and
+    both are right when its index is odd (a varied group otherwise: one right, one wrong). The first generate
+    call fails as a dead rollout worker does."""
+
+    restartable_roles = ("rollout", "reward", "ref")
+
+    def __init__(self):
+        self.generated: list[list[str]] = []
+        self.restarted: list[str] = []
+        self.reward = self
+
+    def generate(self, prompts: Batch) -> Batch:
+        self.generated.append(list(prompts["uid"]))
+        if len(self.generated) == 1:
+            raise WorkerError("rollout worker rank 0 died", role="rollout", rank=0, died=True)
+        out = prompts.repeat_interleave(2)
+        out["response_mask"] = torch.tensor([[1] * 8 + [0] * 2] * len(out))
+        return out
+
+    def compute_score(self, batch: Batch) -> Batch:
+        index = torch.tensor([int(t) // 2 for t in batch["ground_truth"]])
+        acc = ((index % 2 == 1) | (torch.arange(len(batch)) % 2 == 0)).float()
+        scores = torch.zeros(len(batch), 10)
+        scores[:, 7] = acc
+        return Batch.from_dict({"token_level_scores": scores, "acc": acc})
+
+    def restart(self, role: str) -> None:
+        self.restarted.append(role)
+
+    def write_pids(self, run_dir) -> None:
+        pass
+
+
+def test_driver_rounds_refill_shape_rewards_and_redo_a_round_with_the_same_prompts(loader_factory):
+    trainer = RLTrainer.__new__(RLTrainer)  # only what collect_rollouts reads
+    trainer.config = to_run_config(
+        composed(
+            "algorithm=dapo",
+            "data.train_batch_size=4",
+            "rollout.n=2",
+            "actor.ppo_mini_batch_size=8",
+            "rollout.max_response_length=10",
+            "reward.overlong_buffer.len=4",
+        )
+    )
+    trainer.groups, trainer.train_loader = StandInGroups(), loader_factory()
+    trainer.run_dir, trainer.progress, trainer.worker_restarts = None, TrainerState(step=3), 0
+    generated, batch, metrics = trainer.collect_rollouts(3, {})
+
+    groups = trainer.groups
+    rounds = len(groups.generated) - 1
+    assert groups.restarted == ["rollout"] and groups.generated[0] == groups.generated[1]  # the same prompts
+    assert groups.generated[1:] == [[f"s3-{r * 4 + i}" for i in range(4)] for r in range(rounds)]
+    reference = loader_factory()
+    drawn = [t for _ in range(rounds) for t in reference.next_batch()["ground_truth"]]
+    assert rounds >= 2 and list(generated["ground_truth"][::2]) == drawn  # consecutive batches, none skipped
+    assert metrics["sampling/gen_rounds"] == rounds and len(batch) == 8 and len(generated) == 8 * rounds
+    assert batch["acc"].tolist() == [1, 0] * 4  # only varied groups
+    # 8 of 10 tokens with a buffer of 4: halfway into it, -0.5 on the last response token.
+    assert (generated["token_level_rewards"].sum(-1) - generated["acc"]).tolist() == [-0.5] * len(generated)
+    assert generated["token_level_rewards"][:, 7].tolist() == (generated["acc"] - 0.5).tolist()

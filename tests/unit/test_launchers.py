@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import asdict
 import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
