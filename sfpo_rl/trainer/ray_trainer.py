@@ -2,7 +2,9 @@
 
 The driver holds no model. Each step it moves one batch through the worker groups:
 rollout -> reward -> old log-probs (-> reference log-probs) -> advantages -> SFPO or plain update -> weight
-sync, with validation and atomic checkpoints every N steps. A run resumes from its newest valid checkpoint.
+sync, with validation and atomic checkpoints every N steps. With DAPO's dynamic sampling
+(`algorithm.filter_groups`), rollout -> reward runs for rounds of the loader's next prompts until enough groups
+carry signal; every rollout generated counts in `perf/rollouts`. A run resumes from its newest valid checkpoint.
 Both placements run this same loop; with `resources.placement=colocated` generating wakes the engines and
 actor work puts them to sleep first (GPU memory goes to whichever works).
 
