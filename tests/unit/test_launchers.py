@@ -229,7 +229,8 @@ def test_paper_dapo_experiments_are_the_papers_runs_plus_dapo(compose_run, exper
     assert dapo.reward.overlong_buffer.penalty_factor == 1.0 and not dapo.algorithm.overlong_filter
 
 
-def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
+@pytest.mark.parametrize("algorithm", ["sfpo", "sfpo_dapo"])
+def test_launch_script_composes_a_valid_run(tmp_path, compose_run, algorithm):
     (tmp_path / "Qwen3-4B-Base").mkdir()
     (tmp_path / "Qwen3-4B-Base" / "config.json").write_text("{}")
     env = {
@@ -241,7 +242,7 @@ def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
     }
     # Hydra's --cfg prints the composed job config instead of running it.
     proc = subprocess.run(
-        [str(LAUNCH), "qwen3_4b_base", "sfpo", "trainer.total_steps=7", "--cfg", "job", "--resolve"],
+        [str(LAUNCH), "qwen3_4b_base", algorithm, "trainer.total_steps=7", "--cfg", "job", "--resolve"],
         env=env,
         capture_output=True,
         text=True,
@@ -251,34 +252,13 @@ def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
     config = to_run_config(OmegaConf.create(proc.stdout))
     assert config.model.path == str(tmp_path / "Qwen3-4B-Base")
     assert config.data.train_files == ["/d/train.parquet"]
-    assert config.trainer.run_dir == str(tmp_path / "runs" / "qwen3_4b_base_sfpo")
+    assert config.trainer.run_dir == str(tmp_path / "runs" / f"qwen3_4b_base_{algorithm}")
     assert (
         config.trainer.total_steps == 7
         and config.algorithm.sfpo.enable
         and config.algorithm.sfpo.alpha == 0.9
     )
-
-
-def test_launch_script_runs_sfpo_on_dapo(tmp_path):
-    (tmp_path / "Qwen3-4B-Base").mkdir()
-    (tmp_path / "Qwen3-4B-Base" / "config.json").write_text("{}")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "MODEL_ROOT": str(tmp_path),
-        "RUN_ROOT": str(tmp_path / "runs"),
-    }
-    proc = subprocess.run(
-        [str(LAUNCH), "qwen3_4b_base", "sfpo_dapo", "--cfg", "job", "--resolve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = to_run_config(OmegaConf.create(proc.stdout))
-    assert config.algorithm.sfpo.enable and config.algorithm.filter_groups.enable
-    assert config.trainer.run_dir == str(tmp_path / "runs" / "qwen3_4b_base_sfpo_dapo")
+    assert config.algorithm.filter_groups.enable == (algorithm == "sfpo_dapo")  # SFPO on DAPO
 
 
 @pytest.mark.parametrize(
