@@ -1,9 +1,10 @@
 #!/bin/bash
-# The paper's runs (arXiv 2510.04072): one model, GRPO or SFPO, on this machine's GPUs or through Slurm.
+# The paper's runs (arXiv 2510.04072): one model, GRPO or SFPO (on GRPO or on DAPO), on this machine's GPUs or
+# through Slurm.
 #
 #   recipes/paper/launch.sh MODEL ALGORITHM [HYDRA_OVERRIDE ...]
 #     MODEL      qwen25_math_1p5b | r1_distill_qwen_1p5b | r1_distill_qwen_7b | qwen3_4b_base
-#     ALGORITHM  grpo | sfpo
+#     ALGORITHM  grpo | sfpo | dapo | sfpo_dapo (the DAPO pair: Table 3's r1_distill_qwen_1p5b, qwen3_4b_base)
 #
 # Environment (defaults in brackets):
 #   MODEL_ROOT [/models]        holds the HF model directories, named as on the Hub (e.g. Qwen2.5-Math-1.5B)
@@ -34,9 +35,18 @@ case "$MODEL" in
     qwen3_4b_base) HF_NAME=Qwen3-4B-Base ;;
     *) echo "launch.sh: unknown model '$MODEL'" >&2 && usage ;;
 esac
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 case "$ALGORITHM" in
-    grpo | sfpo) ;;
-    *) echo "launch.sh: algorithm must be grpo or sfpo, got '$ALGORITHM'" >&2 && usage ;;
+    grpo | sfpo) ALGORITHM_OVERRIDES=("experiment=paper_$MODEL" "algorithm=$ALGORITHM") ;;
+    dapo | sfpo_dapo)
+        if [[ ! -f "$REPO/configs/experiment/paper_${MODEL}_dapo.yaml" ]]; then
+            echo "launch.sh: the paper runs DAPO on r1_distill_qwen_1p5b and qwen3_4b_base only, not '$MODEL'" >&2
+            usage
+        fi
+        SFPO=false && [[ "$ALGORITHM" == sfpo_dapo ]] && SFPO=true
+        ALGORITHM_OVERRIDES=("experiment=paper_${MODEL}_dapo" "algorithm.sfpo.enable=$SFPO")
+        ;;
+    *) echo "launch.sh: algorithm must be grpo, sfpo, dapo or sfpo_dapo, got '$ALGORITHM'" >&2 && usage ;;
 esac
 
 MODEL_ROOT=${MODEL_ROOT:-/models}
@@ -49,8 +59,7 @@ if [[ ! -f "$MODEL_PATH/config.json" ]]; then
 fi
 
 OVERRIDES=(
-    "experiment=paper_$MODEL"
-    "algorithm=$ALGORITHM"
+    "${ALGORITHM_OVERRIDES[@]}"
     "model.path=$MODEL_PATH"
     "data.train_files=${TRAIN_FILES:-[$DATA_ROOT/train.parquet]}"
     "data.val_files=${VAL_FILES:-[$DATA_ROOT/val.parquet]}"
@@ -58,7 +67,6 @@ OVERRIDES=(
     "$@"
 )
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 case "${LAUNCHER:-local}" in
     local) exec sfpo-rl-train "${OVERRIDES[@]}" ;;
     slurm)

@@ -23,6 +23,7 @@ from sfpo_rl.rewards.registry import (
     takes_data_source,
     verifier_name,
 )
+from sfpo_rl.rewards.shaping import OverlongBufferConfig
 from sfpo_rl.rewards.timeout import (
     ERROR,
     TIMEOUT,
@@ -58,6 +59,8 @@ class RewardConfig:
     # signal: SIGALRM in this process (no extra process; main thread only; cannot stop a hang inside C code).
     timeout_mode: str = "process"
     num_processes: int = 1  # process mode: verifier children per reward worker, scoring in parallel
+    # DAPO's soft overlong penalty, added by the trainer where scores become token-level rewards.
+    overlong_buffer: OverlongBufferConfig = field(default_factory=OverlongBufferConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float):
@@ -80,6 +83,10 @@ class RewardConfig:
         for name, options in self.verifier_kwargs.items():
             if not isinstance(options, Mapping):
                 raise VerifierError(f"reward.verifier_kwargs.{name} must be a mapping, got {options!r}")
+        if isinstance(self.overlong_buffer, Mapping):  # built from a plain mapping
+            self.overlong_buffer = options_from_any(
+                OverlongBufferConfig, self.overlong_buffer, "reward.overlong_buffer", VerifierError
+            )
         self.custom_kwargs = dict(self.custom_kwargs)
         self.verifier_kwargs = {k: dict(v) for k, v in self.verifier_kwargs.items()}
 

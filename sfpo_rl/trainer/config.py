@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sfpo_rl.algorithms.advantages import advantage_estimators, needs_groups
+from sfpo_rl.algorithms.dapo import FilterGroupsConfig
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.sfpo import SFPOConfig
 from sfpo_rl.rewards.scoring import RewardConfig
@@ -31,6 +32,9 @@ from sfpo_rl.workers.rollout_config import RolloutConfig
 __all__ = ["ConfigError", "RunConfig", "register_schema", "to_run_config"]
 
 PLACEMENTS = ("colocated", "split")
+# Rollout sampling seeds a training step may use (its prompts' rows x rollout.n, over all generation rounds):
+# step s draws from [s * SEEDS_PER_STEP, (s + 1) * SEEDS_PER_STEP), so no two steps share a seed.
+SEEDS_PER_STEP = 1_000_000
 WORKER_KILL = re.compile(r"(\d+):(actor|rollout|reward|ref):(\d+)")  # trainer.inject_worker_kill entries
 # Options a config group leaves for the user to fill in (`???` in its YAML), with how to give them.
 REQUIRED = {
@@ -95,6 +99,10 @@ class AlgorithmConfig:
     kl_coef: float = 0.001
     kl_penalty: str = "low_var_kl"
     sfpo: SFPOConfig = field(default_factory=SFPOConfig)
+    filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)  # DAPO's dynamic sampling
+    # DAPO's overlong filtering: responses that fill all rollout.max_response_length tokens are masked out of
+    # the loss (with a seq-mean loss_agg_mode they still count in its sequence denominator).
+    overlong_filter: bool = False
 
     def __post_init__(self) -> None:
         estimators = advantage_estimators()
@@ -112,6 +120,12 @@ class AlgorithmConfig:
         )
         require(
             is_number(self.kl_coef) and self.kl_coef >= 0, "algorithm.kl_coef", "a number >= 0", self.kl_coef
+        )
+        require(
+            isinstance(self.overlong_filter, bool),
+            "algorithm.overlong_filter",
+            "true or false",
+            self.overlong_filter,
         )
 
 
@@ -261,6 +275,32 @@ class RunConfig:
             f">= 2 with algorithm.adv_estimator={algo.adv_estimator} (it compares the samples of each prompt); "
             "use more samples or reinforce_plus_plus",
         )
+        filter_groups = algo.filter_groups
+        require(
+            rollout.n >= 2 or not filter_groups.enable,
+            "rollout.n",
+            ">= 2 with algorithm.filter_groups.enable=true (it drops groups whose samples all agree: a single "
+            "sample always does)",
+        )
+        rounds = filter_groups.max_num_gen_batches if filter_groups.enable else 1
+        samples = rounds * self.data.train_batch_size * rollout.n
+        require(
+            samples <= SEEDS_PER_STEP,
+            "algorithm.filter_groups.max_num_gen_batches"
+            if filter_groups.enable
+            else "data.train_batch_size",
+            f"such that a step generates at most {SEEDS_PER_STEP} rollouts (each has its own sampling seed); "
+            f"{rounds} round(s) x data.train_batch_size={self.data.train_batch_size} x rollout.n={rollout.n} "
+            f"= {samples}",
+        )
+        buffer, limit = self.reward.overlong_buffer, rollout.max_response_length
+        require(
+            not buffer.enable or buffer.buffer_len(limit) < limit,
+            "reward.overlong_buffer.len",
+            f"less than rollout.max_response_length={limit} (the penalty starts that many tokens before the "
+            "limit)",
+            buffer.len,
+        )
         require(
             not (algo.use_kl_in_reward and actor.use_kl_loss),
             "algorithm.use_kl_in_reward",
@@ -314,8 +354,16 @@ class RunConfig:
         )
 
 
+def algorithm_label(choice: str, sfpo_enabled: bool) -> str:
+    """The algorithm part of a run's default name (configs/config.yaml): the chosen `algorithm=` group, as
+    sfpo_<group> when SFPO is switched on over a group that has it off (`algorithm=dapo
+    algorithm.sfpo.enable=true` -> sfpo_dapo), so that run does not continue the other's run directory."""
+    return f"sfpo_{choice}" if sfpo_enabled and choice != "sfpo" else choice
+
+
 def register_schema() -> None:
     ConfigStore.instance().store(name="sfpo_rl_schema", node=RunConfig)
+    OmegaConf.register_new_resolver("sfpo_rl_algorithm", algorithm_label, replace=True)
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

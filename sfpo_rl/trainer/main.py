@@ -276,8 +276,13 @@ def print_summary(summary: dict[str, Any]) -> None:
 register_schema()
 
 
+_composed = False  # set once Hydra has composed the config and called the job
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> None:
+    global _composed
+    _composed = True
     try:
         run(cfg)
     except (ConfigError, DataError, CheckpointError) as exc:
@@ -292,7 +297,13 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_entry()
+    try:
+        _hydra_entry()
+    except SystemExit as exc:
+        # Hydra reports an override it cannot compose (a misspelt or mistyped option) and exits 1: bad input.
+        if exc.code == 1 and not _composed:
+            sys.exit(EXIT_BAD_INPUT)
+        raise
 
 
 if __name__ == "__main__":

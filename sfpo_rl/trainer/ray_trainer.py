@@ -2,7 +2,9 @@
 
 The driver holds no model. Each step it moves one batch through the worker groups:
 rollout -> reward -> old log-probs (-> reference log-probs) -> advantages -> SFPO or plain update -> weight
-sync, with validation and atomic checkpoints every N steps. A run resumes from its newest valid checkpoint.
+sync, with validation and atomic checkpoints every N steps. With DAPO's dynamic sampling
+(`algorithm.filter_groups`), rollout -> reward runs for rounds of the loader's next prompts until enough groups
+carry signal; every rollout generated counts in `perf/rollouts`. A run resumes from its newest valid checkpoint.
 Both placements run this same loop; with `resources.placement=colocated` generating wakes the engines and
 actor work puts them to sleep first (GPU memory goes to whichever works).
 
@@ -27,14 +29,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sfpo_rl.algorithms.advantages import compute_advantage
+from sfpo_rl.algorithms.dapo import SamplingCapReached, mini_batch_unit, overlong_filtered_mask, sample_groups
 from sfpo_rl.algorithms.kl import kl_penalty
 from sfpo_rl.algorithms.sfpo import SFPOController
 from sfpo_rl.controller import WorkerError
 from sfpo_rl.data.loader import PromptLoader
 from sfpo_rl.protocol import Batch
+from sfpo_rl.rewards.shaping import add_at_last_token, overlong_penalty
 from sfpo_rl.trainer.checkpoint import CheckpointManager
-from sfpo_rl.trainer.config import RunConfig
+from sfpo_rl.trainer.config import SEEDS_PER_STEP, RunConfig
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
 from sfpo_rl.trainer.workers import WorkerGroups
@@ -129,12 +135,12 @@ class RLTrainer:
         self._inject_worker_kills(step)
         t: dict[str, float] = {}
         start = time.perf_counter()
-        prompts = next_prompts(self.train_loader, step, self.config.trainer.seed, self.config.rollout.n)
-        batch = self._restarting_dead_workers(lambda: self.make_experience(prompts, t))
+        generated, batch, sampling = self.collect_rollouts(step, t)
+        batch = self._restarting_dead_workers(lambda: self.prepare_update(batch, t))
 
         plan = self.sfpo.plan(step)
         with timed(t, "update"):
-            update = self.groups.update_actor(batch, plan)
+            update = self.groups.update_actor(self.loss_batch(batch), plan)
         self._count_nonfinite(step, update)
         # The entropy of this step's (slow) training pass; a non-finite one must not poison the switch-off.
         if math.isfinite(update.entropy):
@@ -144,17 +150,17 @@ class RLTrainer:
 
         t["timing/step"] = time.perf_counter() - start
         progress = self.progress
-        progress.rollouts_done += len(batch)
+        progress.rollouts_done += len(generated)  # every rollout generated, the ones filtered out included
         progress.train_seconds += t["timing/step"]
-        stats = batch.meta.get("generation_stats", {})
         return {
             **rollout_metrics(batch, self.config.rollout.max_response_length),
-            **reward_metrics(batch),
+            **reward_metrics(generated),  # the policy's rewards, before any filtering
+            **self._shaping_metrics(generated),
+            **sampling,
             **update.metrics,
             **self.sfpo.metrics(plan),
             **sync,
             **t,
-            "perf/gen_tokens_per_s": stats.get("tokens_per_s", 0.0),
             "perf/tokens_per_s": float(batch["attention_mask"].sum()) / t["timing/step"],
             "perf/rollouts": progress.rollouts_done,
             "perf/train_seconds": progress.train_seconds,
@@ -164,12 +170,45 @@ class RLTrainer:
             "train/worker_restarts": self.worker_restarts,
         }
 
-    def make_experience(self, prompts: Batch, t: dict[str, float]) -> Batch:
-        """Rollouts of the current policy with rewards, old (and reference) log-probs and advantages."""
+    def collect_rollouts(self, step: int, t: dict[str, float]) -> tuple[Batch, Batch, dict[str, float]]:
+        """(every rollout generated, the batch to train on, sampling metrics). One round of the loader's next
+        prompts; with `algorithm.filter_groups.enable`, rounds until enough groups whose samples differ
+        (DAPO's dynamic sampling). Each round's prompts are drawn once, so a round redone after a worker died
+        generates the same rollouts."""
+        config = self.config
+        filter_groups = config.algorithm.filter_groups
+        batch_size, n = config.data.train_batch_size, config.rollout.n
+        stats: list[dict[str, float]] = []
+
+        def generate_round(index: int) -> Batch:
+            prompts = next_prompts(
+                self.train_loader, step, config.trainer.seed, n, first_row=index * batch_size
+            )
+            scored = self._restarting_dead_workers(lambda: self.generate_and_score(prompts, t))
+            stats.append(scored.meta.get("generation_stats", {}))
+            return scored
+
+        unit = mini_batch_unit(config.actor.ppo_mini_batch_size, n)
+        try:
+            generated, batch, metrics = sample_groups(generate_round, batch_size, filter_groups, unit)
+        except SamplingCapReached as exc:
+            raise TrainingHalted(f"step {step}: {exc}") from None
+        gen_s = sum(s.get("gen_s", 0.0) for s in stats)
+        tokens = sum(s.get("response_tokens", 0) for s in stats)
+        metrics["perf/gen_tokens_per_s"] = tokens / gen_s if gen_s > 0 else 0.0
+        return generated, batch, metrics
+
+    def generate_and_score(self, prompts: Batch, t: dict[str, float]) -> Batch:
+        """Rollouts of the current policy with their scores and shaped token-level rewards."""
         with timed(t, "generate"):
             batch = self.groups.generate(prompts)  # colocated engines wake first
         with timed(t, "reward"):
             batch = batch.union(self.groups.reward.compute_score(batch))
+        batch["token_level_rewards"] = self.shaped_rewards(batch)
+        return batch
+
+    def prepare_update(self, batch: Batch, t: dict[str, float]) -> Batch:
+        """The batch to train on with old (and reference) log-probs and advantages."""
         with timed(t, "old_log_prob"):
             self.groups.to_training()  # colocated engines sleep: their memory goes to the actor
             batch = batch.union(self.groups.actor.compute_log_prob(batch).select(keys=["old_log_probs"]))
@@ -178,6 +217,38 @@ class RLTrainer:
                 batch = batch.union(self.groups.ref.compute_ref_log_prob(batch))
         with timed(t, "advantage"):
             return self.compute_advantage(batch)
+
+    def shaped_rewards(self, batch: Batch) -> torch.Tensor:
+        """Where scores become token-level rewards: the verifier's score on the last response token, plus
+        DAPO's overlong penalty when `reward.overlong_buffer.enable`."""
+        mask = batch["response_mask"]
+        rewards = batch["token_level_scores"] * mask
+        buffer = self.config.reward.overlong_buffer
+        if buffer.enable:
+            limit = self.config.rollout.max_response_length
+            penalty = overlong_penalty(mask.sum(-1), limit, buffer.buffer_len(limit), buffer.penalty_factor)
+            rewards = add_at_last_token(rewards, mask, penalty)
+        return rewards
+
+    def _shaping_metrics(self, generated: Batch) -> dict[str, float]:
+        if not self.config.reward.overlong_buffer.enable:
+            return {}
+        penalty = generated["token_level_rewards"].sum(-1) - generated["token_level_scores"].sum(-1)
+        return {
+            "reward/overlong_penalty": float(penalty.mean()),
+            "reward/overlong_frac": float((penalty < 0).float().mean()),
+        }
+
+    def loss_batch(self, batch: Batch) -> Batch:
+        """What the actor trains on: with `algorithm.overlong_filter`, responses that fill the whole response
+        budget are masked out of the loss (DAPO's overlong filtering)."""
+        if not self.config.algorithm.overlong_filter:
+            return batch
+        out = batch.select()
+        out["response_mask"] = overlong_filtered_mask(
+            batch["response_mask"], self.config.rollout.max_response_length
+        )
+        return out
 
     def _restarting_dead_workers(self, work: Callable[[], Any]) -> Any:
         """`work()`, redone after replacing a rollout, reward or reference group whose worker died or hung
@@ -241,11 +312,11 @@ class RLTrainer:
 
     def compute_advantage(self, batch: Batch) -> Batch:
         algo = self.config.algorithm
-        rewards = batch["token_level_scores"]
         if algo.use_kl_in_reward:
             kl = kl_penalty(batch["old_log_probs"], batch["ref_log_probs"], algo.kl_penalty)
-            rewards = rewards - algo.kl_coef * kl
-        batch["token_level_rewards"] = rewards * batch["response_mask"]
+            batch["token_level_rewards"] = (batch["token_level_rewards"] - algo.kl_coef * kl) * batch[
+                "response_mask"
+            ]
         batch["advantages"], batch["returns"] = compute_advantage(
             algo.adv_estimator,
             batch["token_level_rewards"],
@@ -315,12 +386,15 @@ class RLTrainer:
         }
 
 
-def next_prompts(loader: PromptLoader, step: int, seed: int, n: int) -> Batch:
-    """The step's prompts with a uid per prompt (its n samples share it: the GRPO group) and a sampling seed
-    per prompt that depends only on (seed, step, row), so a resumed run draws exactly the same rollouts."""
+def next_prompts(loader: PromptLoader, step: int, seed: int, n: int, first_row: int = 0) -> Batch:
+    """The loader's next prompts with a uid per prompt (its n samples share it: the GRPO group) and a sampling
+    seed per prompt that depends only on (seed, step, row), so a resumed run draws exactly the same rollouts.
+    A step's rows count on across its generation rounds (`first_row`: the round's first), so every prompt of
+    a step gets its own uid and seeds."""
     batch = loader.next_batch()
-    batch["uid"] = [f"s{step}-{i}" for i in range(len(batch))]
-    batch["sampling_seed"] = sampling_seeds(len(batch), n, base=(seed * 1_000_003 + step) * 1_000_000)
+    batch["uid"] = [f"s{step}-{first_row + i}" for i in range(len(batch))]
+    base = (seed * 1_000_003 + step) * SEEDS_PER_STEP + first_row * n
+    batch["sampling_seed"] = sampling_seeds(len(batch), n, base=base)
     return batch
 
 

@@ -68,6 +68,8 @@ class ConsoleSink:
         ("actor/pg_loss", "loss"),
         ("actor/entropy", "ent"),
         ("sfpo/active", "sfpo"),
+        ("sampling/gen_rounds", "rounds"),  # generation rounds (with algorithm.filter_groups.enable)
+        ("perf/rollouts", "rollouts"),  # generated so far, groups filtered out included
         ("timing/step", "sec"),
     )
 

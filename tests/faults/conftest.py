@@ -28,6 +28,8 @@ OTHER_BAD_INPUT_TESTS = (
     "tests/unit/test_verifiers.py::test_process_mode_cuts_a_hang_and_restarts_the_child",
     "tests/unit/test_verifiers.py::test_bad_custom_specs_fail_clearly",
     "tests/unit/test_verifiers.py::test_bad_reward_options",
+    "tests/unit/test_dapo.py::test_bad_dapo_options_name_the_option",
+    "tests/unit/test_dapo.py::test_the_command_exits_2_before_any_worker_starts",
 )
 
 

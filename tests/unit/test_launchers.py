@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -181,7 +182,55 @@ def test_paper_experiments_are_valid_and_match_the_paper(compose_run, experiment
     assert trainer.experiment_name == f"{experiment}_{algorithm}"
 
 
-def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
+# The paper's DAPO runs (Table 3): their experiment and the model's GRPO/SFPO experiment it extends.
+PAPER_DAPO = {
+    "paper_r1_distill_qwen_1p5b_dapo": "paper_r1_distill_qwen_1p5b",
+    "paper_qwen3_4b_base_dapo": "paper_qwen3_4b_base",
+}
+
+
+def _flat_config(config) -> dict:
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(
+                flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+            )
+        return out
+
+    return flat(asdict(config))
+
+
+@pytest.mark.parametrize("experiment, sfpo", list(itertools.product(PAPER_DAPO, [False, True])))
+def test_paper_dapo_experiments_are_the_papers_runs_plus_dapo(compose_run, experiment, sfpo):
+    """Everything as in the model's paper experiment (with SFPO on or off alike) except DAPO's settings."""
+    common = ["hardware=gpu", "model.path=/m", *DATA]
+    dapo = to_run_config(compose_run([f"experiment={experiment}", f"algorithm.sfpo.enable={sfpo}", *common]))
+    paper = to_run_config(
+        compose_run(
+            [f"experiment={PAPER_DAPO[experiment]}", f"algorithm={'sfpo' if sfpo else 'grpo'}", *common]
+        )
+    )
+    mine, theirs = _flat_config(dapo), _flat_config(paper)
+    differ = {key: (theirs[key], mine[key]) for key in mine if mine[key] != theirs[key]}
+    name = f"{PAPER_DAPO[experiment]}_{'sfpo_dapo' if sfpo else 'dapo'}"
+    assert differ == {
+        "actor.clip_ratio_high": (0.2, 0.28),
+        "algorithm.filter_groups.enable": (False, True),
+        "reward.overlong_buffer.enable": (False, True),
+        "trainer.experiment_name": (theirs["trainer.experiment_name"], name),
+        "trainer.run_dir": (theirs["trainer.run_dir"], f"outputs/{name}"),
+    }
+    assert (
+        dapo.algorithm.filter_groups.metric == "accuracy"
+        and dapo.algorithm.filter_groups.max_num_gen_batches == 10
+    )
+    assert dapo.reward.overlong_buffer.buffer_len(dapo.rollout.max_response_length) == 1228
+    assert dapo.reward.overlong_buffer.penalty_factor == 1.0 and not dapo.algorithm.overlong_filter
+
+
+@pytest.mark.parametrize("algorithm", ["sfpo", "sfpo_dapo"])
+def test_launch_script_composes_a_valid_run(tmp_path, compose_run, algorithm):
     (tmp_path / "Qwen3-4B-Base").mkdir()
     (tmp_path / "Qwen3-4B-Base" / "config.json").write_text("{}")
     env = {
@@ -193,7 +242,7 @@ def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
     }
     # Hydra's --cfg prints the composed job config instead of running it.
     proc = subprocess.run(
-        [str(LAUNCH), "qwen3_4b_base", "sfpo", "trainer.total_steps=7", "--cfg", "job", "--resolve"],
+        [str(LAUNCH), "qwen3_4b_base", algorithm, "trainer.total_steps=7", "--cfg", "job", "--resolve"],
         env=env,
         capture_output=True,
         text=True,
@@ -203,17 +252,22 @@ def test_launch_script_composes_a_valid_run(tmp_path, compose_run):
     config = to_run_config(OmegaConf.create(proc.stdout))
     assert config.model.path == str(tmp_path / "Qwen3-4B-Base")
     assert config.data.train_files == ["/d/train.parquet"]
-    assert config.trainer.run_dir == str(tmp_path / "runs" / "qwen3_4b_base_sfpo")
+    assert config.trainer.run_dir == str(tmp_path / "runs" / f"qwen3_4b_base_{algorithm}")
     assert (
         config.trainer.total_steps == 7
         and config.algorithm.sfpo.enable
         and config.algorithm.sfpo.alpha == 0.9
     )
+    assert config.algorithm.filter_groups.enable == (algorithm == "sfpo_dapo")  # SFPO on DAPO
 
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["llama", "sfpo"], "unknown model 'llama'"), (["qwen3_4b_base", "ppo"], "must be grpo or sfpo")],
+    [
+        (["llama", "sfpo"], "unknown model 'llama'"),
+        (["qwen3_4b_base", "ppo"], "must be grpo, sfpo, dapo or sfpo_dapo"),
+        (["qwen25_math_1p5b", "dapo"], "DAPO on r1_distill_qwen_1p5b and qwen3_4b_base only"),
+    ],
 )
 def test_launch_script_rejects_bad_arguments(tmp_path, args, message):
     proc = subprocess.run([str(LAUNCH), *args], capture_output=True, text=True, env={**os.environ})

@@ -1,0 +1,123 @@
+"""DAPO end to end, as a user runs it: `sfpo-rl-train algorithm=dapo` (dynamic sampling, overlong shaping) and
+SFPO on DAPO (`algorithm=dapo algorithm.sfpo.enable=true`, with overlong filtering), each on 2 FSDP ranks with
+real vLLM and Ray on the built-in task; then an actor rank killed mid-run, and a resume that matches the
+uninterrupted run bit for bit although its steps drew extra generation rounds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sfpo_rl.trainer.tracking import read_jsonl
+
+pytestmark = pytest.mark.slow  # starts Ray, vLLM and torch.distributed
+
+TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
+# Small enough for CI on 2 cores: 8 prompts x 4 samples; at the warm-start's accuracy about a third of the
+# groups are all wrong, so most steps need a second generation round.
+SMALL = [
+    "data.train_batch_size=8",
+    "rollout.n=4",
+    "actor.ppo_mini_batch_size=16",
+    "data.val_max_samples=32",
+    "trainer.logger=[console]",
+    "trainer.total_steps=3",
+    "trainer.val_every=3",
+    "trainer.save_every=2",
+]
+SFPO_ON_DAPO = [
+    "algorithm=dapo",
+    "algorithm.sfpo.enable=true",
+    "algorithm.sfpo.inner_steps=2",
+    "algorithm.overlong_filter=true",
+]
+
+
+def train_cmd(run_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
+    return [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache_dir}", *SMALL, *overrides]
+
+
+def run(cmd: list[str], timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def finished(run_dir: Path, cache: Path, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
+    proc = run(train_cmd(run_dir, cache, *overrides))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return run_dir, proc
+
+
+@pytest.fixture(scope="module")
+def dapo_run(tmp_path_factory, warmstart_cache):
+    return finished(tmp_path_factory.mktemp("dapo_run"), warmstart_cache, "algorithm=dapo")
+
+
+@pytest.fixture(scope="module")
+def sfpo_dapo_run(tmp_path_factory, warmstart_cache):
+    return finished(tmp_path_factory.mktemp("sfpo_dapo_run"), warmstart_cache, *SFPO_ON_DAPO)
+
+
+def test_dapo_trains_on_full_batches_of_groups_that_carry_signal(dapo_run):
+    run_dir, proc = dapo_run
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    steps = rows[1:]
+    for r in steps:
+        assert r["sampling/groups_kept"] == 8 and r["sampling/groups_padding"] == 0
+        assert r["sampling/samples_generated"] == 32 * r["sampling/gen_rounds"]
+        # Every generated group is kept, dropped (all right or all wrong) or surplus.
+        dropped = r["sampling/groups_dropped"]
+        assert r["sampling/groups_dropped_all_right"] + r["sampling/groups_dropped_all_wrong"] == dropped
+        assert 8 + dropped + r["sampling/groups_surplus"] == 8 * r["sampling/gen_rounds"]
+        assert r["reward/solve_none_or_all"] == 0.0  # no zero-advantage group reached the update
+        assert r["actor/n_optimizer_steps"] == 2 and r["sfpo/active"] == 0.0
+        assert 0.0 <= r["reward/overlong_frac"] <= 1.0 and r["reward/overlong_penalty"] <= 0.0
+    assert max(r["sampling/gen_rounds"] for r in steps) > 1  # the refill happened
+    # Rollouts count what was generated, the dropped groups included: in the log, the summary and the console.
+    generated = [sum(r["sampling/samples_generated"] for r in steps[: i + 1]) for i in range(3)]
+    assert [r["perf/rollouts"] for r in steps] == generated
+    assert json.loads((run_dir / "summary.json").read_text())["rollouts"] == generated[-1]
+    assert f"rollouts={int(generated[-1])}" in proc.stdout and "rounds=" in proc.stdout
+    # The checkpoint's loader position counts every round's prompts (one loader batch per round).
+    state = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert state["train_loader"]["position"] == sum(r["sampling/gen_rounds"] for r in steps[:2])
+
+
+def test_sfpo_on_dapo_runs_the_slow_fast_update_on_the_filtered_batch(sfpo_dapo_run):
+    run_dir, _ = sfpo_dapo_run
+    steps = read_jsonl(run_dir / "metrics.jsonl")[1:]
+    for r in steps:
+        assert r["sfpo/active"] == 1.0 and "sfpo/reposition_norm" in r
+        assert r["sampling/groups_kept"] == 8 and r["reward/solve_none_or_all"] == 0.0
+    assert (run_dir / "final_model" / "model.safetensors").is_file()
+
+
+def test_killed_sfpo_on_dapo_run_resumes_bit_exact(tmp_path, warmstart_cache, sfpo_dapo_run):
+    """Actor rank 1 is SIGKILLed as step 3 starts (after the step-2 checkpoint): the launch stops naming it.
+    Run again, it resumes at step 2 and its step 3 and final weights equal the uninterrupted run's bit for bit:
+    the loader position, extra rounds included, came back from the checkpoint."""
+    first = run(train_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO, "trainer.inject_worker_kill=[3:actor:1]"))
+    assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-5000:]
+    assert "actor worker rank 1" in first.stderr and "died" in first.stderr
+    assert f"the last complete checkpoint is {tmp_path / 'checkpoints' / 'step_2'}" in first.stderr
+    second = run(train_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    assert f"resumed from {tmp_path / 'checkpoints' / 'step_2'} at step 2" in second.stdout
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+
+    ref_dir, _ = sfpo_dapo_run
+    resumed, uninterrupted = rows[3], read_jsonl(ref_dir / "metrics.jsonl")[3]
+    deterministic = sorted(k for k in uninterrupted if not k.startswith(("timing/", "perf/", "sync/")))
+    assert len(deterministic) > 40 and "sampling/gen_rounds" in deterministic
+    assert {k: resumed[k] for k in deterministic} == {k: uninterrupted[k] for k in deterministic}
+    assert resumed["perf/rollouts"] == uninterrupted["perf/rollouts"]
+    final = load_file(tmp_path / "final_model" / "model.safetensors")
+    reference = load_file(ref_dir / "final_model" / "model.safetensors")
+    assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
