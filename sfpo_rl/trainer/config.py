@@ -181,7 +181,9 @@ class TrainerConfig:
     verify_checksums: bool = True
     logger: list[str] = field(default_factory=lambda: ["console", "tensorboard"])  # JSONL is always written
     seed: int = 0
-    export_hf: bool = True  # write the final policy as an HF model to run_dir/final_model
+    export_hf: bool = (
+        True  # write the final policy as an HF model to run_dir/final_model (LoRA: also final_adapter)
+    )
     # Show third-party output (Ray, vLLM, model-loading progress, the workers' own logs) on the console;
     # otherwise it goes only to run_dir/logs/.
     verbose: bool = False
@@ -236,6 +238,11 @@ class RunConfig:
         return self.actor.use_kl_loss or self.algorithm.use_kl_in_reward
 
     @property
+    def ref_worker(self) -> bool:
+        """A reference policy of its own; a LoRA actor is its own reference (its adapter switched off)."""
+        return self.uses_ref and not self.actor.lora.enabled
+
+    @property
     def actor_world_size(self) -> int:
         return self.trainer.nnodes * self.resources.actor_ranks_per_node
 
@@ -275,7 +282,7 @@ class RunConfig:
             )
             gpus, shared = res.actor_ranks_per_node, "actor, reference and rollout share each rank's GPU"
         else:
-            gpus = res.actor_ranks_per_node * (2 if self.uses_ref else 1)
+            gpus = res.actor_ranks_per_node * (2 if self.ref_worker else 1)
             gpus += res.rollout_workers_per_node * rollout.tensor_parallel_size
             shared = "actor, reference and rollout use separate GPUs with resources.placement=split"
         require(
@@ -288,7 +295,7 @@ class RunConfig:
             "actor": self.actor_world_size,
             "rollout": self.rollout_world_size,
             "reward": res.reward_workers,
-            "ref": self.actor_world_size if self.uses_ref else 0,
+            "ref": self.actor_world_size if self.ref_worker else 0,
         }
         kills = {str(k): WORKER_KILL.fullmatch(str(k)) for k in trainer.inject_worker_kill}
         bad_kills = [k for k, m in kills.items() if not (m and int(m[3]) < ranks[m[2]])]
