@@ -140,7 +140,7 @@ def save_checkpoint(
     agree(
         lambda: (root / "rng").mkdir(parents=True, exist_ok=True), f"creating checkpoint dir {root}", device
     )
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_options(lora_rank))
+    model_sd, optim_sd = _state(model, optimizer, lora_rank)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=root / "dcp")
 
     def write_extras() -> None:
@@ -192,8 +192,7 @@ def load_checkpoint(
         return meta
 
     meta = agree(read_meta, f"reading {meta_path}", device)
-    options = _state_options(lora_rank)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    model_sd, optim_sd = _state(model, optimizer, lora_rank)
     state = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(state, storage_reader=SafeFileSystemReader(root / "dcp"), planner=SafeLoadPlanner())
     set_state_dict(
@@ -201,7 +200,7 @@ def load_checkpoint(
         optimizer,
         model_state_dict=state["model"],
         optim_state_dict=state["optimizer"],
-        options=options,
+        options=_state_options(lora_rank),
     )
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -225,6 +224,16 @@ def load_checkpoint(
 def _state_options(lora_rank: int) -> StateDictOptions | None:
     """A LoRA actor's state leaves out the frozen base (and so cannot be strict about holding every weight)."""
     return StateDictOptions(ignore_frozen_params=True, strict=False) if lora_rank > 0 else None
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer, lora_rank: int) -> tuple[dict, dict]:
+    """The model and optimizer state dicts a checkpoint holds: a LoRA actor's model state is its trainable
+    weights alone (ignore_frozen_params keeps a tied LM head, an alias of the frozen embedding)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_options(lora_rank))
+    if lora_rank > 0:
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        model_sd = {name: t for name, t in model_sd.items() if name in trainable}
+    return model_sd, optim_sd
 
 
 def full_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
