@@ -181,9 +181,8 @@ class TrainerConfig:
     verify_checksums: bool = True
     logger: list[str] = field(default_factory=lambda: ["console", "tensorboard"])  # JSONL is always written
     seed: int = 0
-    export_hf: bool = (
-        True  # write the final policy as an HF model to run_dir/final_model (LoRA: also final_adapter)
-    )
+    # Write the final policy as an HF model to run_dir/final_model (LoRA: also the adapter to final_adapter).
+    export_hf: bool = True
     # Show third-party output (Ray, vLLM, model-loading progress, the workers' own logs) on the console;
     # otherwise it goes only to run_dir/logs/.
     verbose: bool = False
@@ -272,6 +271,12 @@ class RunConfig:
             not (algo.use_kl_in_reward and actor.use_kl_loss),
             "algorithm.use_kl_in_reward",
             "false when actor.use_kl_loss is true (choose one place for the KL term)",
+        )
+        require(
+            not (actor.lora.enabled and rollout.free_cache_engine and rollout.sleep_level == 2),
+            "rollout.sleep_level",
+            "1 with actor.lora.rank > 0 (level 2 discards the engine's base weights, and a LoRA sync sends only "
+            "the adapter)",
         )
         if res.colocated:
             require(

@@ -112,6 +112,12 @@ def check_target_modules(lora: LoraConfig, hf_config: Any, model: str) -> None:
         raise ConfigError(
             f"actor.lora.target_modules: {unknown} not in {model}; its module names are {', '.join(names)}"
         )
+    tied = [m for m in lora.target_modules if m in ("lm_head", "embed_tokens")]
+    if tied and getattr(hf_config, "tie_word_embeddings", False):
+        raise ConfigError(
+            f"actor.lora.target_modules: {tied} of {model}, whose LM head and embeddings share one weight; "
+            "an adapter on either would untie them (leave them out)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- the actor

@@ -63,6 +63,13 @@ def test_an_unknown_target_module_is_refused_with_the_models_module_names():
         assert name in text
 
 
+def test_an_adapter_on_a_tied_lm_head_is_refused():
+    with pytest.raises(
+        ConfigError, match=r"\['lm_head'\] of m, whose LM head and embeddings share one weight"
+    ):
+        check_target_modules(LoraConfig(rank=8, target_modules=["q_proj", "lm_head"]), SMALL, "m")
+
+
 def test_the_run_checks_targets_of_the_built_in_model_before_building_it(tmp_path):
     lora = LoraConfig(rank=8, target_modules=["c_attn"])
     config = SimpleNamespace(model=SimpleNamespace(path=None), actor=ActorConfig(lora=lora))
