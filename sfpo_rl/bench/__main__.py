@@ -27,6 +27,7 @@ BENCHMARKS = (
     "throughput",
     "token_budget",
     "reward_robustness",
+    "lora",
 )
 
 

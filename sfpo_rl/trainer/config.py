@@ -195,7 +195,8 @@ class TrainerConfig:
     verify_checksums: bool = True
     logger: list[str] = field(default_factory=lambda: ["console", "tensorboard"])  # JSONL is always written
     seed: int = 0
-    export_hf: bool = True  # write the final policy as an HF model to run_dir/final_model
+    # Write the final policy as an HF model to run_dir/final_model (LoRA: also the adapter to final_adapter).
+    export_hf: bool = True
     # Show third-party output (Ray, vLLM, model-loading progress, the workers' own logs) on the console;
     # otherwise it goes only to run_dir/logs/.
     verbose: bool = False
@@ -248,6 +249,11 @@ class RunConfig:
     def uses_ref(self) -> bool:
         """A KL term needs a frozen reference policy, placed like the actor."""
         return self.actor.use_kl_loss or self.algorithm.use_kl_in_reward
+
+    @property
+    def ref_worker(self) -> bool:
+        """A reference policy of its own; a LoRA actor is its own reference (its adapter switched off)."""
+        return self.uses_ref and not self.actor.lora.enabled
 
     @property
     def actor_world_size(self) -> int:
@@ -306,6 +312,12 @@ class RunConfig:
             "algorithm.use_kl_in_reward",
             "false when actor.use_kl_loss is true (choose one place for the KL term)",
         )
+        require(
+            not (actor.lora.enabled and rollout.free_cache_engine and rollout.sleep_level == 2),
+            "rollout.sleep_level",
+            "1 with actor.lora.rank > 0 (level 2 discards the engine's base weights, and a LoRA sync sends only "
+            "the adapter)",
+        )
         if res.colocated:
             require(
                 rollout.tensor_parallel_size == 1,
@@ -315,7 +327,7 @@ class RunConfig:
             )
             gpus, shared = res.actor_ranks_per_node, "actor, reference and rollout share each rank's GPU"
         else:
-            gpus = res.actor_ranks_per_node * (2 if self.uses_ref else 1)
+            gpus = res.actor_ranks_per_node * (2 if self.ref_worker else 1)
             gpus += res.rollout_workers_per_node * rollout.tensor_parallel_size
             shared = "actor, reference and rollout use separate GPUs with resources.placement=split"
         require(
@@ -328,7 +340,7 @@ class RunConfig:
             "actor": self.actor_world_size,
             "rollout": self.rollout_world_size,
             "reward": res.reward_workers,
-            "ref": self.actor_world_size if self.uses_ref else 0,
+            "ref": self.actor_world_size if self.ref_worker else 0,
         }
         kills = {str(k): WORKER_KILL.fullmatch(str(k)) for k in trainer.inject_worker_kill}
         bad_kills = [k for k, m in kills.items() if not (m and int(m[3]) < ranks[m[2]])]

@@ -85,6 +85,28 @@ def check_context(max_positions: int | None, model: str, rollout: RolloutConfig)
         )
 
 
+def check_lora_targets(config: RunConfig) -> None:
+    """With LoRA on, every actor.lora.target_modules entry must name a layer of the model (ConfigError listing
+    the model's names otherwise). Reads only the model's config; a model.path that cannot be read is left for
+    `load_tokenizer` to report."""
+    lora = config.actor.lora
+    if not lora.enabled:
+        return
+    from transformers import AutoConfig, Qwen2Config
+
+    from sfpo_rl.workers.lora import check_target_modules
+
+    if config.model.path is None:
+        # The built-in model is a Qwen2ForCausalLM (sfpo_rl.tiny.model); its layer names do not depend on sizes.
+        check_target_modules(lora, Qwen2Config(num_hidden_layers=1), "the built-in model")
+        return
+    try:
+        hf_config = AutoConfig.from_pretrained(config.model.path)
+    except (OSError, ValueError, KeyError):
+        return
+    check_target_modules(lora, hf_config, f"model.path={config.model.path}")
+
+
 def load_tokenizer(model_path: str, rollout: RolloutConfig) -> Any:
     """The policy's tokenizer, after checking that model.path is an HF model directory whose vocabulary covers
     every token id the tokenizer can produce and whose context holds a prompt plus its response (ConfigError
@@ -151,6 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if config.model.path is None:  # the built-in model's context is known before it is built
         max_positions = warmstart_config(config).max_position_embeddings
         check_context(max_positions, "the built-in model (model.warmstart)", config.rollout)
+    check_lora_targets(config)
     run_dir = Path(config.trainer.run_dir)
     try:
         resume_from = start_point(config.trainer)
@@ -202,8 +225,11 @@ def train(
         if not config.trainer.verbose:
             summary["logs"] = str(run_dir / LOGS)
         if config.trainer.export_hf:
-            groups.actor.export_hf(str(run_dir / "final_model"))
+            adapter = str(run_dir / "final_adapter") if config.actor.lora.enabled else None
+            groups.actor.export_hf(str(run_dir / "final_model"), adapter)
             summary["final_model"] = str(run_dir / "final_model")
+            if adapter is not None:
+                summary["final_adapter"] = adapter
     except (WorkerError, TrainingHalted) as exc:
         raise RunStopped(stop_report(run_dir, exc)) from None
     finally:
@@ -267,6 +293,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"[sfpo_rl] SFPO switched off after step {switched}" if switched is not None else "",
         f"[sfpo_rl] run dir {run_dir}: metrics {run_dir / 'metrics.jsonl'}, summary {run_dir / SUMMARY}",
         f"[sfpo_rl] exported model: {summary['final_model']}" if "final_model" in summary else "",
+        f"[sfpo_rl] exported LoRA adapter (PEFT): {summary['final_adapter']}"
+        if "final_adapter" in summary
+        else "",
         f"[sfpo_rl] learning curve: {summary['learning_curve']}" if "learning_curve" in summary else "",
         f"[sfpo_rl] Ray, vLLM and worker output: {summary['logs']}" if "logs" in summary else "",
     ]

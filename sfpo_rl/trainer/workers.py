@@ -9,6 +9,9 @@ only when a KL term is on, a frozen reference policy, placed as `resources.place
 - split: each role in its own processes (on GPU, its own GPUs); weights go from actor rank 0 to the engines
   one bucket at a time through Ray's object store, each loaded before the next is gathered.
 
+With a LoRA actor (`actor.lora.rank > 0`) the reference policy is the actor group itself (its adapter switched
+off), and a sync sends the adapter alone to engines that serve it (merged full weights to engines that cannot).
+
 Workers that hold nothing the model directory and the actor's current weights cannot give back (reward, and
 with split placement rollout and reference) can be rebuilt in place after a death or hang (`restart`); the
 actor's state, and with it everything colocated with it, comes back from a checkpoint instead.
@@ -49,6 +52,7 @@ class WorkerGroups:
     colocated: bool = False  # rollout (and ref) share the actor's processes
     sync_bucket_mb: float = 512.0
     sync_dtype: str | None = None  # the engines' dtype; None: as the actor holds the weights
+    sync_adapter: bool = False  # a LoRA actor's adapter alone goes to the (split) engines
     _phase: str | None = field(default=None, repr=False)
 
     @property
@@ -88,7 +92,9 @@ class WorkerGroups:
         totals = dict.fromkeys(SYNC_TOTALS, 0.0)
         index, count = 0, 1
         while index < count:
-            bucket = self.actor.weight_bucket.future(index, self.sync_bucket_mb, self.sync_dtype)
+            bucket = self.actor.weight_bucket.future(
+                index, self.sync_bucket_mb, self.sync_dtype, self.sync_adapter
+            )
             stats = self.rollout.load_bucket(bucket.rank0_ref())[0]
             bucket.get()  # surfaces an actor-side failure by name
             for key in SYNC_TOTALS:
@@ -114,7 +120,9 @@ class WorkerGroups:
             self.sync_weights()
 
     def all(self) -> list[RayWorkerGroup]:
-        return [g for g in (self.actor, self.rollout, self.reward, self.ref) if g is not None]
+        """Every group once (a LoRA actor's group is also its reference policy)."""
+        groups = [self.actor, self.rollout, self.reward, self.ref]
+        return [g for i, g in enumerate(groups) if g is not None and all(g is not h for h in groups[:i])]
 
     def write_pids(self, run_dir: Path) -> None:
         """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection
@@ -152,7 +160,7 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
                 name=role,
                 gpus_per_bundle=config.rollout.tensor_parallel_size,
             )
-            group = RayWorkerGroup(pool, RolloutWorker, role, model_path, config.rollout)
+            group = RayWorkerGroup(pool, RolloutWorker, role, model_path, config.rollout, config.actor.lora)
         else:
             pool = ResourcePool([res.reward_workers], use_gpu=False, name=role)
             group = RayWorkerGroup(pool, RewardWorker, role, model_path, config.reward)
@@ -161,11 +169,11 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
     def build_colocated() -> dict[str, RayWorkerGroup]:
         """Actor, reference (if any) and rollout in one process per actor rank: the actor first, so the engine
         starts in its process group and sizes its memory around the actor's weights."""
-        roles = {"actor": specs["actor"], **({"ref": specs["ref"]} if config.uses_ref else {})}
+        roles = {"actor": specs["actor"], **({"ref": specs["ref"]} if config.ref_worker else {})}
         roles["rollout"] = (
             ColocatedRolloutWorker,
             (model_path, config.rollout),
-            {"offload_optimizer": res.offload_optimizer},
+            {"offload_optimizer": res.offload_optimizer, "lora": config.actor.lora},
         )
         groups = RayWorkerGroup.colocated(ResourcePool(nodes, use_gpu=use_gpu, name="colocated"), roles)
         return {role: _ready(group, config) for role, group in groups.items()}
@@ -174,13 +182,21 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
     if res.colocated:
         jobs["colocated"] = build_colocated
     else:
-        for role in ("actor", "rollout", *(("ref",) if config.uses_ref else ())):
+        for role in ("actor", "rollout", *(("ref",) if config.ref_worker else ())):
             jobs[role] = lambda role=role: {role: build(role)}
     groups = _start_concurrently(jobs)
     for line in describe_placement(list(groups.values())):
         print(f"[sfpo_rl] placement: {line}", flush=True)
+    lora = config.actor.lora
+    fallback = groups["rollout"].lora_fallback()[0] if lora.enabled else None
+    if lora.enabled:
+        serving = f"merged full weights ({fallback})" if fallback else "the adapter alone"
+        print(f"[sfpo_rl] LoRA rank {lora.rank}: every weight sync sends {serving}", flush=True)
+    if lora.enabled and config.uses_ref:
+        groups["ref"] = groups["actor"]  # the reference policy: the actor with its adapter off
     return WorkerGroups(
         **groups,
+        sync_adapter=lora.enabled and fallback is None,
         build=build,
         colocated=res.colocated,
         sync_bucket_mb=config.rollout.sync_bucket_mb,

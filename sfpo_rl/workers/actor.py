@@ -71,6 +71,7 @@ from sfpo_rl.workers.fsdp_utils import (
     local_shards,
     shard_model,
 )
+from sfpo_rl.workers.lora import add_adapter, is_adapter_name, merge_lora, saved_name, write_adapter
 from sfpo_rl.workers.optim import build_optimizer, build_scheduler
 from sfpo_rl.workers.update_result import FastTrajectory, UpdateResult
 
@@ -144,6 +145,9 @@ class FSDPPolicy:
             model.requires_grad_(False)
         elif cfg.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lora = cfg.lora if trainable and cfg.lora.enabled else None
+        if self.lora is not None:  # before sharding: FSDP2 then shards the frozen base and the adapter alike
+            model = add_adapter(model, self.lora, seed=cfg.seed)
         reduce_dtype = DTYPES[cfg.reduce_dtype]
         mp_policy = None
         if (param_dtype, reduce_dtype) != (torch.float32, torch.float32):
@@ -311,6 +315,18 @@ class FSDPActor(FSDPPolicy):
             min_lr_ratio=cfg.min_lr_ratio,
         )
 
+    @torch.no_grad()
+    def compute_ref_log_prob(self, batch: Batch) -> Batch:
+        """`ref_log_probs` [B, R] of this rank's rows under the base model: the LoRA actor with its adapter off
+        (the reference policy of a KL term, with no second copy of the model)."""
+        if self.lora is None:
+            raise RuntimeError(
+                "compute_ref_log_prob: the actor has no LoRA adapter to switch off (actor.lora.rank=0)"
+            )
+        with self.model.disable_adapter():
+            out = self.compute_log_prob(batch)
+        return Batch.from_dict({"ref_log_probs": out["old_log_probs"]})
+
     # ------------------------------------------------------------------ updates
     def update(self, batch: Batch) -> UpdateResult:
         """One ordinary policy update (ppo_epochs x mini-batches); the LR schedule advances once."""
@@ -330,7 +346,10 @@ class FSDPActor(FSDPPolicy):
         shards = local_shards(self.params)
         slow_device = torch.device("cpu") if self.config.sfpo_slow_copy_device == "cpu" else None
         slow = snapshot_(shards, device=slow_device)
-        sfpo: dict[str, float] = {}
+        # The slow copy's size on the rank that holds the most (with LoRA, of the adapter's shards only).
+        sfpo: dict[str, float] = {
+            "sfpo/slow_copy_bytes": all_reduce_max(sum(s.nbytes for s in slow), self.device)
+        }
         fast_skipped = 0
         for k in range(inner_steps):
             fast = self._policy_pass(data, pass_index=k, stage=f"fast{k}")
@@ -537,20 +556,47 @@ class FSDPActor(FSDPPolicy):
 
     # ------------------------------------------------------------------ weights and checkpoints
     def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
-        """Full float32 weights with HF names in CPU memory on rank 0, None on the others. Collective."""
+        """Full float32 weights with HF names in CPU memory on rank 0 (a LoRA adapter merged in), None on the
+        others. Collective."""
         state = checkpoint.full_state_dict(self.model)
-        return state if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        return merge_lora(state, self.lora.scaling) if self.lora is not None else state
+
+    def adapter_state(self) -> dict[str, torch.Tensor] | None:
+        """The LoRA adapter's full tensors with PEFT's saved names in CPU memory on rank 0, None on the others.
+        Collective."""
+        state = checkpoint.full_state_dict(self.model, trainable_only=True)
+        return {saved_name(k): v for k, v in state.items() if is_adapter_name(k)} if self.rank == 0 else None
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        checkpoint.save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.device)
+        checkpoint.save_checkpoint(
+            path, self.model, self.optimizer, self.scheduler, self.device, lora_rank=self._lora_rank
+        )
 
     def load_checkpoint(self, path: str | os.PathLike) -> dict[str, Any]:
-        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.device)
-
-    def export_hf(self, path: str | os.PathLike) -> None:
-        checkpoint.export_hf(
-            path, self.model, self.model_path, self.tied_lm_head, self.export_dtype, self.device
+        return checkpoint.load_checkpoint(
+            path, self.model, self.optimizer, self.scheduler, self.device, lora_rank=self._lora_rank
         )
+
+    @property
+    def _lora_rank(self) -> int:
+        return 0 if self.lora is None else self.lora.rank
+
+    def export_hf(self, path: str | os.PathLike, adapter_path: str | os.PathLike | None = None) -> None:
+        """An HF model directory at `path` (with LoRA, the adapter merged in) and, with LoRA and `adapter_path`,
+        the PEFT adapter directory there. Collective."""
+        state = self.state_dict_for_rollout()
+        checkpoint.export_hf(path, state, self.model_path, self.tied_lm_head, self.export_dtype, self.device)
+        if self.lora is not None and adapter_path is not None:
+            adapter = self.adapter_state()
+            checkpoint.agree(
+                lambda: (
+                    self.rank != 0 or write_adapter(adapter_path, adapter, self.lora, str(self.model_path))
+                ),
+                f"exporting the LoRA adapter to {adapter_path}",
+                self.device,
+            )
 
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Any
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.policy_loss import LOSS_AGG_MODES, policy_losses
 from sfpo_rl.utils.options import is_int, is_number, options_from_any, require
+from sfpo_rl.workers.lora import LoraConfig
 from sfpo_rl.workers.optim import SCHEDULES
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
@@ -67,11 +68,14 @@ class ActorConfig:
     reduce_dtype: str = "float32"  # gradient reduce-scatter dtype
     activation_checkpointing: bool = False
     sfpo_slow_copy_device: str = "same"  # where SFPO keeps its slow copy of the local shard: "same" | "cpu"
+    # LoRA: rank > 0 trains a PEFT adapter on frozen base weights (sfpo_rl/workers/lora.py)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     # Testing only: make the loss NaN at these points to exercise the non-finite handling end to end. An entry
     # is a training step (1-based), "3", or a step and one pass of it: "3:update", "3:fast0", "3:slow".
     inject_nonfinite_loss: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.lora = LoraConfig.from_any(self.lora)
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
         for name in ("lr", "eps"):

@@ -15,7 +15,7 @@ from sfpo_rl.workers.actor import FSDPActor
 from sfpo_rl.workers.actor_config import ActorConfig
 from sfpo_rl.workers.fsdp_utils import DTYPES
 from sfpo_rl.workers.update_result import UpdateResult
-from sfpo_rl.workers.weight_sync import WeightBucket, gather_bucket, weight_plan
+from sfpo_rl.workers.weight_sync import WeightBucket, adapter_bucket, gather_bucket, weight_plan
 
 
 def join_ranks(worker: Worker) -> None:
@@ -38,6 +38,11 @@ class ActorWorker(Worker):
         return self.actor.compute_log_prob(batch)
 
     @register(Dispatch.DP_SPLIT)
+    def compute_ref_log_prob(self, batch: Batch) -> Batch:
+        """The reference policy of a LoRA actor: its log-probs with the adapter switched off."""
+        return self.actor.compute_ref_log_prob(batch)
+
+    @register(Dispatch.DP_SPLIT)
     def update(self, batch: Batch) -> UpdateResult:
         return self.actor.update(batch)
 
@@ -50,10 +55,16 @@ class ActorWorker(Worker):
         return self.actor.state_dict_for_rollout()
 
     @register(Dispatch.ALL)
-    def weight_bucket(self, index: int, bucket_mb: float, dtype: str | None = None) -> WeightBucket | None:
+    def weight_bucket(
+        self, index: int, bucket_mb: float, dtype: str | None = None, adapter: bool = False
+    ) -> WeightBucket | None:
         """Bucket `index` of a streamed weight sync (see weight_sync) in host memory on rank 0, None on the
-        others; `dtype` (e.g. "bfloat16") casts before the gather. Collective."""
+        others; `dtype` (e.g. "bfloat16") casts before the gather; `adapter`: a LoRA actor's adapter alone, one
+        bucket. Collective."""
         cast = DTYPES[dtype] if dtype else None
+        if adapter:
+            bucket = adapter_bucket(self.actor.model, cast)
+            return bucket if self.rank == 0 else None
         plan = weight_plan(self.actor.model, bucket_mb, cast)
         bucket = gather_bucket(self.actor.model, plan, index, cast)
         return bucket if self.rank == 0 else None
@@ -67,5 +78,5 @@ class ActorWorker(Worker):
         return self.actor.load_checkpoint(path)
 
     @register(Dispatch.ALL)
-    def export_hf(self, path: str) -> None:
-        self.actor.export_hf(path)
+    def export_hf(self, path: str, adapter_path: str | None = None) -> None:
+        self.actor.export_hf(path, adapter_path)

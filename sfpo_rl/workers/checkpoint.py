@@ -131,14 +131,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
+    lora_rank: int = 0,
 ) -> None:
-    """Every rank must call it with the same `path` (a directory on storage all ranks see)."""
+    """Every rank must call it with the same `path` (a directory on storage all ranks see). With a LoRA adapter
+    (`lora_rank` > 0) the model state is the adapter's alone: the frozen base weights are the model directory's."""
     root = Path(path)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     agree(
         lambda: (root / "rng").mkdir(parents=True, exist_ok=True), f"creating checkpoint dir {root}", device
     )
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = _state(model, optimizer, lora_rank)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=root / "dcp")
 
     def write_extras() -> None:
@@ -147,7 +149,12 @@ def save_checkpoint(
             torch.save(scheduler.state_dict(), root / "scheduler.pt")
 
     agree(write_extras, f"writing {root}/scheduler.pt and rng states", device)
-    meta = {"format_version": FORMAT_VERSION, "world_size": world_size, "step": scheduler.last_epoch}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "world_size": world_size,
+        "step": scheduler.last_epoch,
+        "lora_rank": lora_rank,
+    }
     agree(
         lambda: rank != 0 or (root / META_FILE).write_text(json.dumps(meta)), f"writing {META_FILE}", device
     )
@@ -159,8 +166,9 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
+    lora_rank: int = 0,
 ) -> dict[str, Any]:
-    """Restore what `save_checkpoint` wrote; returns its metadata. RNG states come back only at the same world
+    """Restore what `save_checkpoint` wrote (by an actor with the same `lora_rank`); returns its metadata. RNG states come back only at the same world
     size (model and optimizer shards are resharded by torch.distributed.checkpoint at any world size)."""
     root = Path(path)
     meta_path = root / META_FILE
@@ -176,13 +184,24 @@ def load_checkpoint(
             raise ValueError(
                 f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}"
             )
+        if meta.get("lora_rank", 0) != lora_rank:
+            raise ValueError(
+                f"actor checkpoint {root} holds a model trained with actor.lora.rank={meta.get('lora_rank', 0)}; "
+                f"this run has actor.lora.rank={lora_rank}"
+            )
         return meta
 
     meta = agree(read_meta, f"reading {meta_path}", device)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = _state(model, optimizer, lora_rank)
     state = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(state, storage_reader=SafeFileSystemReader(root / "dcp"), planner=SafeLoadPlanner())
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=_state_options(lora_rank),
+    )
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
 
@@ -202,18 +221,35 @@ def load_checkpoint(
     return meta
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Full weights with HF names in CPU memory on rank 0 (an empty dict on the others). Collective.
+def _state_options(lora_rank: int) -> StateDictOptions | None:
+    """A LoRA actor's state leaves out the frozen base (and so cannot be strict about holding every weight)."""
+    return StateDictOptions(ignore_frozen_params=True, strict=False) if lora_rank > 0 else None
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer, lora_rank: int) -> tuple[dict, dict]:
+    """The model and optimizer state dicts a checkpoint holds: a LoRA actor's model state is its trainable
+    weights alone (ignore_frozen_params keeps a tied LM head, an alias of the frozen embedding)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_options(lora_rank))
+    if lora_rank > 0:
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        model_sd = {name: t for name, t in model_sd.items() if name in trainable}
+    return model_sd, optim_sd
+
+
+def full_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Full weights with the model's names in CPU memory on rank 0 (an empty dict on the others); only those
+    that train with `trainable_only`. Collective.
 
     With tied embeddings `lm_head.weight` is kept: vLLM's in-place `reload_weights` leaves the LM head at its
     old values when it is missing (measured on the CPU build), though a fresh load from an HF dir re-ties it.
     """
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    return get_model_state_dict(model, options=options)
 
 
 def export_hf(
     path: str | Path,
-    model: nn.Module,
+    state: dict[str, torch.Tensor] | None,
     source_dir: str | Path,
     tied_lm_head: bool,
     dtype: torch.dtype,
@@ -221,10 +257,9 @@ def export_hf(
 ) -> None:
     """Write an HF model directory (config, safetensors weights in `dtype`, tokenizer, generation config) that
     transformers and vLLM load. The config and tokenizer are copied from `source_dir`, the model loaded at start.
-    A tied LM head is left out, as in HF checkpoints (loaders re-tie it). Every rank must call it (the weights
-    are gathered); rank 0 writes."""
-    state = full_state_dict(model)
-    if tied_lm_head:
+    A tied LM head is left out, as in HF checkpoints (loaders re-tie it). Every rank must call it; rank 0 writes
+    `state` (full weights with HF names; None on the other ranks)."""
+    if tied_lm_head and state is not None:
         state.pop("lm_head.weight", None)
 
     def write() -> None:

@@ -22,9 +22,10 @@ from sfpo_rl.controller import Dispatch, register
 from sfpo_rl.workers.actor import FSDPActor
 from sfpo_rl.workers.actor_worker import join_ranks
 from sfpo_rl.workers.fsdp_utils import DTYPES
+from sfpo_rl.workers.lora import LoraConfig
 from sfpo_rl.workers.rollout import RolloutWorker
 from sfpo_rl.workers.rollout_config import RolloutConfig
-from sfpo_rl.workers.weight_sync import stream_weights, weight_plan
+from sfpo_rl.workers.weight_sync import adapter_bucket, stream_weights, weight_plan
 
 
 class OptimizerOffload:
@@ -58,10 +59,11 @@ class ColocatedRolloutWorker(RolloutWorker):
         model_path: str | os.PathLike,
         config: RolloutConfig | Mapping[str, Any],
         offload_optimizer: bool = False,
+        lora: LoraConfig | Mapping[str, Any] | None = None,
     ):
         # First the actor's process group: vLLM's engine then joins it instead of starting a world of its own.
         join_ranks(self)
-        super().__init__(model_path, config)
+        super().__init__(model_path, config, lora)
         self.offload_optimizer = offload_optimizer
         self._optimizer: OptimizerOffload | None = None
 
@@ -71,10 +73,12 @@ class ColocatedRolloutWorker(RolloutWorker):
 
     @register(Dispatch.ALL)
     def sync_weights(self) -> dict[str, float]:
-        """Load this process's actor weights, streamed from its shards one bucket at a time. Every rank must
-        call it (the gathers are collective)."""
+        """Load this process's actor weights, streamed from its shards one bucket at a time (a LoRA actor's
+        adapter alone, where the engine serves it). Every rank must call it (the gathers are collective)."""
         config, model = self.rollout.config, self.actor.model
         dtype = None if config.dtype == "auto" else DTYPES[config.dtype]
+        if self.rollout.serves_adapters:
+            return {**self.rollout.load_adapter(adapter_bucket(model, dtype).tensors), "buckets": 1.0}
         plan = weight_plan(model, config.sync_bucket_mb, dtype)
         stream = stream_weights(model, plan, dtype)
         try:

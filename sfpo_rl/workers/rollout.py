@@ -18,6 +18,12 @@ pairs or one bucket of whole layers at a time (see `sfpo_rl.workers.weight_sync`
 cannot roll back and leaves per-process shared modules (rotary caches) unusable, so the engine refuses further
 calls and the worker process must be restarted.
 
+LoRA (`actor.lora.rank > 0`): the engine starts with LoRA enabled and serves the actor's adapter; each sync
+replaces it in place (`load_adapter`: the adapter is written to a directory of this process and re-read by vLLM
+under the same LoRA id, so the engine holds one adapter however many syncs run). An engine that cannot serve
+the adapter (`lora.unservable_reason`) starts without LoRA, says so once in its log, and takes merged full
+weights like any other.
+
 Sleep mode (GPU, `rollout.free_cache_engine`): `sleep` releases the KV cache (and the weights at
 `rollout.sleep_level` 2) for a colocated actor; `generate` and `load_weights` wake what they need first. vLLM has
 no sleep mode on CPU: there both are no-ops.
@@ -31,7 +37,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -42,6 +51,7 @@ from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
 from sfpo_rl.utils.decoder_shape import DecoderShape
 from sfpo_rl.utils.options import is_int
+from sfpo_rl.workers.lora import LoraConfig, engine_lora_rank, unservable_reason, write_adapter
 from sfpo_rl.workers.rollout_config import RolloutConfig
 from sfpo_rl.workers.weight_sync import WeightBucket
 
@@ -50,6 +60,9 @@ logger = logging.getLogger(__name__)
 # vLLM warns about every layer a reload leaves alone: expected for each bucket of a streamed sync.
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload"
 SLEEP_TAGS = ("weights", "kv_cache")
+
+# The one LoRA adapter an engine serves, replaced in place at every sync.
+ADAPTER_NAME, ADAPTER_ID = "policy", 1
 
 # Keyword overrides `generate` accepts on top of the configured sampling parameters.
 SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "seed", "ignore_eos")
@@ -138,8 +151,15 @@ class _ByteCounter:
 class VLLMRollout:
     """One vLLM engine in this process: batched sampling of n responses per prompt, in-place weight updates."""
 
-    def __init__(self, model_path: str | os.PathLike, config: RolloutConfig | Mapping[str, Any]):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        config: RolloutConfig | Mapping[str, Any],
+        lora: LoraConfig | Mapping[str, Any] | None = None,
+    ):
+        """`lora`: the actor's `actor.lora` options; with rank > 0 the engine serves its adapter if it can."""
         self.config = config = RolloutConfig.from_any(config)
+        self.model_path = str(model_path)
         # In-process engine core: collective_rpc reaches the model directly and weights are passed, not pickled.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
@@ -175,6 +195,15 @@ class VLLMRollout:
             )
         if config.max_num_batched_tokens is not None:
             engine_args["max_num_batched_tokens"] = config.max_num_batched_tokens
+        self.lora, self.lora_fallback = self._lora_serving(model_path, LoraConfig.from_any(lora))
+        self._lora_request = None  # set by the first load_adapter
+        if self.lora is not None:
+            # One adapter, replaced in place: one slot on the device and one in host memory.
+            engine_args.update(
+                enable_lora=True, max_lora_rank=engine_lora_rank(self.lora.rank), max_loras=1, max_cpu_loras=1
+            )
+            self.adapter_dir = tempfile.mkdtemp(prefix="sfpo_rl_adapter_")
+            weakref.finalize(self, shutil.rmtree, self.adapter_dir, ignore_errors=True)
         start = time.perf_counter()
         self.llm = LLM(**engine_args)
         self.engine_start_s = time.perf_counter() - start
@@ -182,6 +211,28 @@ class VLLMRollout:
         pad_id = self.tokenizer.pad_token_id
         self.pad_id: int = pad_id if pad_id is not None else self.tokenizer.eos_token_id
         logger.info("rollout: vLLM engine for %s started in %.1f s", model_path, self.engine_start_s)
+
+    @staticmethod
+    def _lora_serving(
+        model_path: str | os.PathLike, lora: LoraConfig
+    ) -> tuple[LoraConfig | None, str | None]:
+        """(the adapter options the engine serves, None), or (None, why it cannot) with LoRA on; (None, None)
+        with LoRA off."""
+        if not lora.enabled:
+            return None, None
+        from transformers import AutoConfig
+
+        reason = unservable_reason(lora, AutoConfig.from_pretrained(model_path).architectures or [])
+        if reason is None:
+            return lora, None
+        logger.warning(
+            "rollout: the engine cannot serve the LoRA adapter (%s); it takes merged full weights", reason
+        )
+        return None, reason
+
+    @property
+    def serves_adapters(self) -> bool:
+        return self.lora is not None
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -214,7 +265,10 @@ class VLLMRollout:
                 for p, seed in zip(params, batch.non_tensors["sampling_seed"]):
                     p.seed = int(seed)
             outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False
+                [TokensPrompt(prompt_token_ids=p) for p in prompt_ids],
+                params,
+                use_tqdm=False,
+                lora_request=self._lora_request,  # None (the base model) until the first adapter sync
             )
         else:  # an empty data-parallel chunk still returns every column, with 0 rows
             outputs = []
@@ -371,6 +425,36 @@ class VLLMRollout:
         logger.info("rollout: loaded %.1f MB of weights in %.3f s", megabytes, elapsed)
         return stats
 
+    def load_adapter(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Serve this LoRA adapter (PEFT's saved names, full tensors) from now on, in place of the last one."""
+        if self.lora is None:
+            raise RuntimeError(
+                "rollout.load_adapter: this engine serves no LoRA adapter "
+                f"({self.lora_fallback or 'actor.lora.rank=0'}); send it full weights"
+            )
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        self._check_weights_intact()
+        self.wake_up(["weights"])
+        write_adapter(self.adapter_dir, tensors, self.lora, self.model_path)
+        # load_inplace re-reads the directory under the same id; the requests that generate then name the
+        # adapter without it, so vLLM uses the loaded copy instead of re-reading it for every batch.
+        self.llm.llm_engine.add_lora(
+            LoRARequest(ADAPTER_NAME, ADAPTER_ID, self.adapter_dir, load_inplace=True)
+        )
+        self._lora_request = LoRARequest(ADAPTER_NAME, ADAPTER_ID, self.adapter_dir)
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old adapter
+        elapsed = time.perf_counter() - start
+        megabytes = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+        logger.info("rollout: loaded a %.2f MB LoRA adapter in %.3f s", megabytes, elapsed)
+        return {
+            "load_weights_s": elapsed,
+            "load_weights_mb": megabytes,
+            "load_weights_mb_per_s": megabytes / elapsed if elapsed > 0 else 0.0,
+            "load_weights_tensors": float(len(tensors)),
+        }
+
     def _check_weights_intact(self) -> None:
         if self._failed_load is not None:
             raise RuntimeError(
@@ -379,9 +463,12 @@ class VLLMRollout:
             )
 
     def load_bucket(self, bucket: WeightBucket) -> dict[str, float]:
-        """Load one bucket of a streamed sync (whole layers; the engine keeps every other layer). The stats
-        include the sync's number of buckets."""
-        stats = self.load_weights(bucket.tensors, complete=bucket.count == 1)
+        """Load one bucket of a streamed sync (whole layers; the engine keeps every other layer), or a LoRA
+        adapter. The stats include the sync's number of buckets."""
+        if bucket.adapter:
+            stats = self.load_adapter(bucket.tensors)
+        else:
+            stats = self.load_weights(bucket.tensors, complete=bucket.count == 1)
         return {**stats, "buckets": float(bucket.count)}
 
     def sleep(self) -> None:
@@ -418,10 +505,21 @@ def _quiet(logger_name: str) -> Iterator[None]:
 class RolloutWorker(Worker):
     """Ray shell of one vLLM engine: generate splits the batch across ranks, weights go to every rank."""
 
-    def __init__(self, model_path: str | os.PathLike, config: RolloutConfig | Mapping[str, Any]):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        config: RolloutConfig | Mapping[str, Any],
+        lora: LoraConfig | Mapping[str, Any] | None = None,
+    ):
         config = RolloutConfig.from_any(config)
         # Distinct engine seeds, so equal prompts on different ranks do not draw the same samples.
-        self.rollout = VLLMRollout(model_path, replace(config, seed=config.seed + self.rank))
+        self.rollout = VLLMRollout(model_path, replace(config, seed=config.seed + self.rank), lora)
+
+    @register(Dispatch.ALL)
+    def lora_fallback(self) -> str | None:
+        """Why this engine takes merged full weights though the actor trains a LoRA adapter (None: it serves
+        the adapter, or LoRA is off)."""
+        return self.rollout.lora_fallback
 
     @register(Dispatch.DP_SPLIT)
     def generate(

@@ -13,6 +13,10 @@ to re-process one layer (the layer rebuilt and, on the CPU build, repacked), nev
   handed to the engine, and dropped before the next one is gathered. Nothing goes through Ray.
 - split (`gather_bucket`): every actor rank gathers bucket i; rank 0 hands it (in host memory) to the
   engines, which load it before bucket i + 1 is gathered.
+
+A LoRA actor (`actor.lora.rank > 0`) sends its adapter alone, as one bucket (`adapter_bucket`), to engines that
+serve adapters; to engines that cannot, its buckets carry the base weights with the adapter merged in (HF
+names), gathered in the actor's own dtype and cast after the merge.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+from sfpo_rl.workers.lora import is_adapter_name, lora_scaling, merge_lora, saved_name
+
 MIB = 2**20
 
 
@@ -36,6 +42,7 @@ class WeightBucket:
     index: int
     count: int
     tensors: dict[str, torch.Tensor]
+    adapter: bool = False  # a LoRA adapter (PEFT's saved names), not full weights
 
 
 def plan_buckets(
@@ -80,6 +87,17 @@ def _gather(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def _gather_full(
+    model: nn.Module, state: dict[str, torch.Tensor], names: list[str], dtype: torch.dtype | None
+) -> list[tuple[str, torch.Tensor]]:
+    """The full tensors of one bucket with HF names, a LoRA adapter merged in. Collective."""
+    scaling = lora_scaling(model)
+    if scaling is None:
+        return [(name, _gather(state[name], dtype)) for name in names]
+    merged = merge_lora({name: _gather(state[name], None) for name in names}, scaling)
+    return [(name, t.to(dtype) if dtype is not None else t) for name, t in merged.items()]
+
+
 def stream_weights(
     model: nn.Module, plan: list[list[str]], dtype: torch.dtype | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -87,7 +105,7 @@ def stream_weights(
     next is gathered). Collective: every rank must exhaust the iterator."""
     state = model.state_dict()
     for names in plan:
-        bucket = [(name, _gather(state[name], dtype)) for name in names]
+        bucket = _gather_full(model, state, names, dtype)
         while bucket:  # hand each tensor over and drop this generator's reference to it
             yield bucket.pop(0)
 
@@ -99,12 +117,24 @@ def gather_bucket(
     (what goes through Ray's object store is each tensor's own bytes, not a larger buffer it views)."""
     if not 0 <= index < len(plan):
         raise IndexError(f"weight bucket {index} of {len(plan)}")
-    state = model.state_dict()
-    tensors = {}
-    for name in plan[index]:
-        full = _gather(state[name], dtype)
-        tensors[name] = full.to("cpu", copy=True) if full.device.type != "cpu" or _is_view(full) else full
+    tensors = {
+        name: _host_copy(full) for name, full in _gather_full(model, model.state_dict(), plan[index], dtype)
+    }
     return WeightBucket(index, len(plan), tensors)
+
+
+def adapter_bucket(model: nn.Module, dtype: torch.dtype | None = None) -> WeightBucket:
+    """A LoRA actor's whole adapter (PEFT's saved names) in host memory, gathered on every rank (collective)."""
+    tensors = {
+        saved_name(name): _host_copy(_gather(t, dtype))
+        for name, t in model.state_dict().items()
+        if is_adapter_name(name)
+    }
+    return WeightBucket(0, 1, tensors, adapter=True)
+
+
+def _host_copy(full: torch.Tensor) -> torch.Tensor:
+    return full.to("cpu", copy=True) if full.device.type != "cpu" or _is_view(full) else full
 
 
 def _is_view(tensor: torch.Tensor) -> bool:

@@ -128,6 +128,16 @@ def test_colocated_placement_has_one_engine_per_actor_rank():
             "resources.offload_optimizer must be false with resources.placement=split",
         ),
         (["rollout.sync_bucket_mb=0"], "rollout.sync_bucket_mb must be a number of MB > 0, got 0"),
+        (["actor.lora.rank=-1"], "actor.lora.rank must be an integer >= 0 (0: off), got -1"),
+        (
+            ["actor.lora.rank=8", "rollout.free_cache_engine=true", "rollout.sleep_level=2"],
+            "rollout.sleep_level must be 1 with actor.lora.rank > 0",
+        ),
+        # A LoRA actor is its own reference policy: no reference workers to kill.
+        (
+            ["actor.lora.rank=8", "actor.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:0]"],
+            "got ['3:ref:0']",
+        ),
         (
             ["hardware=gpu", "resources.placement=split", "actor.ppo_mini_batch_size=64"],
             "the GPUs per node (9) fit in trainer.n_gpus_per_node=8",

@@ -105,7 +105,7 @@ class FakeGroup:
 
 def test_split_sync_moves_one_bucket_at_a_time_from_actor_rank0_to_the_engines():
     log: list = []
-    actor = FakeGroup(log, "actor", [1, 2], weight_bucket=lambda index, mb, dtype: f"bucket{index}")
+    actor = FakeGroup(log, "actor", [1, 2], weight_bucket=lambda index, mb, dtype, adapter: f"bucket{index}")
     load = {"load_weights_s": 0.5, "load_weights_mb": 2.0, "load_weights_tensors": 3.0, "buckets": 3.0}
     rollout = FakeGroup(log, "rollout", [3], load_bucket=lambda ref: [dict(load, ref=ref)])
     groups = WorkerGroups(actor=actor, rollout=rollout, reward=None, sync_bucket_mb=64, sync_dtype="bfloat16")
@@ -113,7 +113,7 @@ def test_split_sync_moves_one_bucket_at_a_time_from_actor_rank0_to_the_engines()
     assert [entry for entry in log if entry != "actor.get"] == [
         item
         for i in range(3)
-        for item in (("actor.weight_bucket", (i, 64, "bfloat16")), ("rollout.load_bucket", (f"bucket{i}",)))
+        for item in (("actor.weight_bucket", (i, 64, "bfloat16", False)), ("rollout.load_bucket", (f"bucket{i}",)))
     ]
     assert log.count("actor.get") == 3  # each gather is waited for before the next bucket
     assert stats == {
