@@ -340,7 +340,7 @@ def _print_plan(study: Study, runs: Sequence[Run], done: set[str], runs_dir: Pat
             lines.append(f"    {endpoint} ({decided}): {ENDPOINTS[endpoint]}")
     for d in study.decisions:
         about = (
-            f" (comparisons[{d.comparison}]: {d.claim!r} / {d.counterclaim!r})"
+            f' (comparisons[{d.comparison}]: "{d.claim}" when it holds, "{d.counterclaim}" when it fails)'
             if d.rule == "improves"
             else ""
         )
