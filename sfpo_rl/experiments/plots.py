@@ -3,7 +3,8 @@ rate. Each arm (its label from the study file) is drawn as its seed mean with a 
 every seed's own curve faint behind it. The bottom row zooms into the last third of the budget with its own
 y-limits, so differences of a point near the ceiling stay visible. The wall-clock figure carries a warning about
 the machine's load. `best_lr.png` (each arm at its best lr) is drawn only when the arms' best lrs differ:
-otherwise it would repeat one column."""
+otherwise it would repeat one column. A step metric the study asks to plot gets `per_step_<name>.png`: its seed
+mean against the training step, with the same band and faint seeds, one column per learning rate."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from sfpo_rl.experiments.analysis import mean_curve
+from sfpo_rl.experiments.analysis import mean_curve, step_means
 from sfpo_rl.experiments.records import RunRecord
 from sfpo_rl.experiments.report import Cells, cells_of
-from sfpo_rl.experiments.study import Study
+from sfpo_rl.experiments.study import StepMetric, Study
 from sfpo_rl.trainer.learning_curve import Curve
 
 AXES = {"rollouts": "rollouts (samples generated)", "seconds": "training wall-clock (s)"}
@@ -116,7 +117,48 @@ def plot_study(
         fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
     paths += _plot_best_lr(plt, study, records, cells, best_lr, colors, out_dir)
+    for metric in study.step_metrics:
+        if metric.plot:
+            paths.append(_plot_step_metric(plt, study, metric, cells, lrs, colors, out_dir))
     return paths
+
+
+def _plot_step_metric(
+    plt, study: Study, metric: StepMetric, cells: Cells, lrs, colors, out_dir: Path
+) -> Path:
+    scale = 100 if metric.percent else 1
+    fig, panels = plt.subplots(1, len(lrs), figsize=(6.5 * len(lrs), 4.5), squeeze=False)
+    for ax, lr in zip(panels[0], lrs):
+        for arm in study.arms:
+            if arm.name not in metric.arms or (arm.name, lr.text) not in cells:
+                continue
+            curves = list(cells[(arm.name, lr.text)].values())
+            for c in curves:
+                ax.plot(c.train_steps, scale * np.asarray(c.step_values.get(metric.metric, [np.nan] * len(c.train_steps))),
+                        color=colors[arm.name], alpha=0.2, linewidth=0.8)  # fmt: skip
+            steps, mean, half = (np.asarray(x, dtype=float) for x in step_means(curves, metric.metric))
+            if not len(steps):
+                continue
+            ax.plot(steps, scale * mean, color=colors[arm.name], linewidth=1.8,
+                    label=f"{arm.label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")  # fmt: skip
+            if len(curves) > 1:
+                ax.fill_between(steps, scale * (mean - half), scale * (mean + half), color=colors[arm.name],
+                                alpha=0.18, linewidth=0)  # fmt: skip
+        ax.set_title(f"lr {lr.text}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric.label + (" (%)" if metric.percent else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle(
+        f"{study.name}: {metric.label} (`{metric.metric}`) per step\nseed mean (line), 95% t-interval of the mean "
+        "(band), each seed (faint)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = out_dir / f"per_step_{metric.name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _finish(fig, study: Study, records: Sequence[RunRecord], axis: str, handles, labels) -> None:

@@ -57,7 +57,10 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         run = {k: v for k, v in asdict(self).items() if k not in ("arm", "lr", "seed", "curve")}
-        return {**asdict(self.curve), "run": run}
+        curve = asdict(self.curve)
+        if not curve["step_values"]:  # a study that summarises no per-step metric: the file as before
+            del curve["step_values"]
+        return {**curve, "run": run}
 
     @classmethod
     def from_json(cls, arm: str, lr: str, seed: int, data: Mapping[str, Any]) -> RunRecord:
@@ -66,13 +69,16 @@ class RunRecord:
 
 
 # ------------------------------------------------------------------------------------------------ run dirs
-def read_run(run_dir: Path, arm: str, lr: str, seed: int) -> RunRecord | None:
-    """The run in `run_dir` if it is done (finished, or stopped for non-finite training); None otherwise."""
+def read_run(
+    run_dir: Path, arm: str, lr: str, seed: int, step_metrics: Sequence[str] = ()
+) -> RunRecord | None:
+    """The run in `run_dir` if it is done (finished, or stopped for non-finite training), with the values of
+    `step_metrics` at every training step; None otherwise."""
     summary = run_dir / SUMMARY
     halted = _halted_steps(run_dir) if not summary.is_file() else None
     if not summary.is_file() and halted is None:
         return None
-    curve = load_curve(run_dir)
+    curve = load_curve(run_dir, step_metrics)
     if halted is not None:
         _continue_at_zero(curve, halted)
     launches = read_launches(run_dir / PROVENANCE)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sfpo_rl.experiments.analysis import (
+    CollapseTest,
     Interval,
     best_acc,
     best_mean_acc,
@@ -29,9 +30,11 @@ from sfpo_rl.experiments.analysis import (
     final_acc,
     largest_gap,
     mean_ci,
+    step_means,
+    step_values,
 )
 from sfpo_rl.experiments.records import FINISHED, RunRecord
-from sfpo_rl.experiments.study import Comparison, Decision, Study
+from sfpo_rl.experiments.study import Comparison, Decision, StepMetric, Study
 from sfpo_rl.trainer.learning_curve import PHASES, Curve
 
 Cells = Mapping[tuple[str, str], Mapping[int, Curve]]  # (arm, lr as written) -> seed -> curve
@@ -111,36 +114,33 @@ def versus(
     return out
 
 
-def _phrase(endpoint: str, result: Any) -> str:
+def direction(endpoint: str, result: Any) -> int:
+    """+1 when the arm is shown better than its baseline on `endpoint` (the whole 95% interval, or Fisher's p,
+    says so), -1 when shown worse, 0 otherwise."""
     if endpoint == "collapse":
         if result.p >= P_THRESHOLD:
-            return "collapse rate: no difference shown"
+            return 0
         less = result.collapsed / result.runs < result.baseline_collapsed / result.baseline_runs
-        return "collapses less often" if less else "collapses more often"
-    if endpoint == "rollouts":
-        return (
-            "fewer rollouts"
-            if result.high < 1
-            else "more rollouts"
-            if result.low > 1
-            else ("rollouts: no difference shown")
-        )
-    if endpoint == "drop":
-        return (
-            "loses less from its peak"
-            if result.high < 0
-            else "loses more from its peak"
-            if result.low > 0
-            else ("drop: no difference shown")
-        )
-    word = endpoint  # final / best: a difference of accuracies
-    return (
-        f"higher {word}"
-        if result.low > 0
-        else f"lower {word}"
-        if result.high < 0
-        else (f"{word}: no difference shown")
-    )
+        return 1 if less else -1
+    if endpoint in ("rollouts", "seconds"):  # a ratio: below 1 is better
+        return 1 if result.high < 1 else -1 if result.low > 1 else 0
+    if endpoint == "drop":  # a difference of falls: below 0 is better
+        return 1 if result.high < 0 else -1 if result.low > 0 else 0
+    return 1 if result.low > 0 else -1 if result.high < 0 else 0  # final / best: a difference of accuracies
+
+
+PHRASES = {  # endpoint: (shown better, shown worse, not shown)
+    "collapse": ("collapses less often", "collapses more often", "collapse rate: no difference shown"),
+    "rollouts": ("fewer rollouts", "more rollouts", "rollouts: no difference shown"),
+    "drop": ("loses less from its peak", "loses more from its peak", "drop: no difference shown"),
+    "final": ("higher final", "lower final", "final: no difference shown"),
+    "best": ("higher best", "lower best", "best: no difference shown"),
+}
+
+
+def _phrase(endpoint: str, result: Any) -> str:
+    better, worse, neither = PHRASES[endpoint]
+    return {1: better, -1: worse, 0: neither}[direction(endpoint, result)]
 
 
 def verdict(results: Mapping[str, Any]) -> str:
@@ -184,16 +184,97 @@ def comparison_rows(
     return rows
 
 
+def step_metric_cell(metric: StepMetric, runs: Mapping[int, Curve]) -> dict[str, Any]:
+    """`metric` over a cell's runs: per window, the mean of the runs' means with its Student-t 95% interval over
+    seeds and the largest value any run logged; the steps that meet the metric's count condition (all steps);
+    the seed mean at each step. Runs that never logged it are named, not counted."""
+    logged = {seed: c for seed, c in runs.items() if step_values(c, metric.metric)}
+    curves = list(logged.values())
+    windows = []
+    for first, last in metric.windows:
+        per_run = [step_values(c, metric.metric, first, last) for c in curves]
+        per_run = [values for values in per_run if values]
+        windows.append({
+            "first": first,
+            "last": last,
+            "mean": asdict(mean_ci([float(np.mean(v)) for v in per_run])) if per_run else None,
+            "max": max(max(v) for v in per_run) if per_run else None,
+        })  # fmt: skip
+    cell: dict[str, Any] = {
+        "seeds": sorted(logged),
+        "not_logged": sorted(set(runs) - set(logged)),
+        "windows": windows,
+    }
+    if metric.count is not None:
+        per_seed = {
+            seed: sum(map(metric.count.counts, step_values(c, metric.metric))) for seed, c in logged.items()
+        }
+        total = sum(len(step_values(c, metric.metric)) for c in curves)
+        cell["count"] = {"steps": sum(per_seed.values()), "of": total, "per_seed": per_seed}
+    steps, means, _ = step_means(curves, metric.metric)
+    cell["per_step"] = {"steps": steps, "mean": means}
+    return cell
+
+
+def step_metric_summaries(study: Study, cells: Cells) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": m.name,
+            "metric": m.metric,
+            "label": m.label,
+            "percent": m.percent,
+            "count_label": m.count.label if m.count else None,
+            "cells": {
+                f"{arm}@{lr}": step_metric_cell(m, cells[(arm, lr)])
+                for arm, lr in _cell_order(cells)
+                if arm in m.arms
+            },
+        }  # fmt: skip
+        for m in study.step_metrics
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- decisions
 def decide(
     decision: Decision, study: Study, records: Sequence[RunRecord], comparisons: Sequence[dict]
 ) -> dict:
     if decision.rule == "smallest_collapse_lr":
         return _smallest_collapse_lr(decision, study, records)
-    rows = comparisons[decision.comparison]["rows"]
+    comparison = comparisons[decision.comparison]
+    rows = comparison["rows"]
     if decision.rule == "stabilises":
         return _stabilises(rows)
+    if decision.rule == "improves":
+        return _improves(decision, comparison)
     return _equivalence(decision, study, rows)
+
+
+def _improves(decision: Decision, comparison: Mapping[str, Any]) -> dict[str, Any]:
+    """Per row: the claim holds when the arm is shown better on one of the comparison's decided endpoints and
+    worse on none; it fails (the counterclaim) when the arm is shown worse on any; otherwise no difference is
+    shown."""
+    outcomes = {}
+    for key, row in comparison["rows"].items():
+        results = {
+            e: CollapseTest(**row[e]) if e == "collapse" else Interval(**row[e]) for e in comparison["decide"]
+        }
+        directions = [direction(e, r) for e, r in results.items()]
+        outcome = (
+            "too few seeds"
+            if row["verdict"] == "too few seeds"
+            else "fails"
+            if -1 in directions
+            else "holds"
+            if 1 in directions
+            else "no difference shown"
+        )
+        outcomes[key] = {"baseline": row["baseline"], "outcome": outcome, "verdict": row["verdict"]}
+    return {
+        "rule": "improves",
+        "claim": decision.claim,
+        "counterclaim": decision.counterclaim,
+        "rows": outcomes,
+    }
 
 
 def _smallest_collapse_lr(decision: Decision, study: Study, records: Sequence[RunRecord]) -> dict[str, Any]:
@@ -404,6 +485,8 @@ def summarize(study: Study, records: Sequence[RunRecord], warnings: Sequence[str
             }  # fmt: skip
         )
     summary["decisions"] = [decide(d, study, records, summary["comparisons"]) for d in study.decisions]
+    if study.step_metrics:
+        summary["step_metrics"] = step_metric_summaries(study, cells)
     summary["notes"] = notes(study, records, cells, summary)
     summary["provenance"] = provenance(records, warnings)
     return summary
@@ -567,6 +650,12 @@ def _decision_lines(decision: Mapping[str, Any]) -> list[str]:
             else "- **This study did not show that the reposition stabilises aggressive steps at any lr.**"
         )
         return lines
+    if decision["rule"] == "improves":
+        said = {"holds": decision["claim"], "fails": decision["counterclaim"]}
+        return [
+            f"- {key} against {r['baseline']}: **{said.get(r['outcome'], r['outcome'])}** ({r['verdict']})"
+            for key, r in decision["rows"].items()
+        ]
     return [
         f"- {pair}: **{r['outcome']}** (final-accuracy interval against +-{decision['margin_pts']:g} points at lr "
         f"{', '.join(r['lrs']) or 'none'}"
@@ -574,6 +663,46 @@ def _decision_lines(decision: Mapping[str, Any]) -> list[str]:
         + ")"
         for pair, r in decision["pairs"].items()
     ]
+
+
+def _step_metric_lines(metric: Mapping[str, Any]) -> list[str]:
+    """One table per step metric: each cell's window means [95% t over seeds] and maxima, and its count."""
+    scale, unit = (100, "%") if metric["percent"] else (1, "")
+
+    def value(x: float | None) -> str:
+        return "n/a" if x is None or math.isnan(x) else f"{scale * x:.{1 if metric['percent'] else 2}f}{unit}"
+
+    def mean(i: Mapping[str, Any] | None) -> str:
+        if i is None:
+            return "n/a"
+        return value(i["estimate"]) + (
+            "" if math.isnan(i["low"]) else f" [{value(i['low'])}, {value(i['high'])}]"
+        )
+
+    cells = metric["cells"]
+    if not cells:
+        return []
+    windows = next(iter(cells.values()))["windows"]
+    headers = [h for w in windows for h in (f"steps {w['first']}-{w['last']}: mean [95% t]", "max")]
+    if metric["count_label"]:
+        headers.append(f"{metric['count_label']} (per seed)")
+    lines = [
+        "",
+        f"### Per step: {metric['label']} (`{metric['metric']}`; descriptive, no decision)",
+        "",
+        "| arm @ lr | seeds | " + " | ".join(headers) + " |",
+        "|---" * (len(headers) + 2) + "|",
+    ]
+    for key, cell in cells.items():
+        values = [x for w in cell["windows"] for x in (mean(w["mean"]), value(w["max"]))]
+        if metric["count_label"]:
+            c = cell["count"]
+            values.append(f"{c['steps']} of {c['of']} ({'/'.join(str(n) for n in c['per_seed'].values())})")
+        seeds = str(len(cell["seeds"])) + (
+            f" (not logged by seed {', '.join(map(str, cell['not_logged']))})" if cell["not_logged"] else ""
+        )
+        lines.append(f"| {key} | {seeds} | " + " | ".join(values) + " |")
+    return lines
 
 
 def _provenance_lines(study: Study, summary: Mapping[str, Any], records: Sequence[RunRecord]) -> list[str]:
@@ -655,6 +784,8 @@ def markdown(study: Study, summary: Mapping[str, Any], records: Sequence[RunReco
         lines += ["", "### Decisions (the protocol's rules)", ""]
         for decision in summary["decisions"]:
             lines += _decision_lines(decision)
+    for metric in summary.get("step_metrics", []):
+        lines += _step_metric_lines(metric)
     lines += [
         "",
         "### Arms",

@@ -183,8 +183,11 @@ def collect(
     """Every planned run that is done: from its run directory, else from the curves file. A run validated last
     before the study's step budget (a shorter earlier budget) is not done: launched again, it continues."""
     records = []
+    metrics = [m.metric for m in study.step_metrics]
     for run in runs:
-        record = read_run(runs_dir / run.name, run.arm.name, run.lr.text, run.seed) or recorded.get(run.name)
+        record = read_run(runs_dir / run.name, run.arm.name, run.lr.text, run.seed, metrics) or recorded.get(
+            run.name
+        )
         if record is not None and record.curve.steps and record.curve.steps[-1] >= study.steps:
             records.append(record)
     return records
@@ -202,6 +205,7 @@ def setup(study: Study) -> dict[str, Any]:
             a.name: {"label": a.label, "overrides": list(a.overrides), "seeds": a.seeds} for a in study.arms
         },
         "collapse_at": study.collapse_at,
+        **({"step_metrics": [m.metric for m in study.step_metrics]} if study.step_metrics else {}),
     }
 
 
@@ -334,7 +338,19 @@ def _print_plan(study: Study, runs: Sequence[Run], done: set[str], runs_dir: Pat
         for endpoint in comparison.endpoints:
             decided = "decided" if endpoint in comparison.decide else "reported"
             lines.append(f"    {endpoint} ({decided}): {ENDPOINTS[endpoint]}")
-    lines += [f"  decision {d.rule}: {DECISION_RULES[d.rule]}" for d in study.decisions]
+    for d in study.decisions:
+        about = (
+            f' (comparisons[{d.comparison}]: "{d.claim}" when it holds, "{d.counterclaim}" when it fails)'
+            if d.rule == "improves"
+            else ""
+        )
+        lines.append(f"  decision {d.rule}{about}: {DECISION_RULES[d.rule]}")
+    for m in study.step_metrics:
+        windows = ", ".join(f"steps {first}-{last}" for first, last in m.windows)
+        count = f"; count: {m.count.label}" if m.count else ""
+        lines.append(
+            f"  per step (descriptive): {m.metric} ({m.label}) for {', '.join(m.arms)}: {windows}{count}"
+        )
     lines.append(
         f"  {len(runs)} runs, {len(done)} done, {len(runs) - len(done)} to go; runs in {runs_dir}, report in {out_dir}"
     )

@@ -12,6 +12,9 @@ the protocol in executable form; `sfpo-rl-study` runs, resumes and analyses it (
     comparisons:
       - {title: SFPO against GRPO, kind: same_lr, pairs: {sfpo: grpo},
          endpoints: [final, rollouts], decide: [final, rollouts]}
+    step_metrics:                           # per-step metrics summarised per arm (descriptive, optional)
+      zero_adv: {metric: sampling/zero_adv_group_frac, label: zero-advantage share, percent: true,
+                 windows: [[1, 40], [31, 40]], plot: true}
 
 A run is `sfpo-rl-train` with the study's overrides, the arm's, `actor.lr=<lr>`, `trainer.seed=<s>`,
 `data.seed=<s>` and `trainer.total_steps=<steps>`, in `<runs>/<arm>_lr<lr>_seed<s>` (the lr spelled as in the
@@ -48,6 +51,15 @@ DECISION_RULES = {
     "smallest_collapse_lr": "the smallest lr at which any of `arms` collapses, and the next stage's lrs from it",
     "stabilises": "an arm collapses less often or loses less from its peak than its baseline, and ends no lower",
     "equivalence": "supported / contradicted / inconclusive: the final-accuracy interval against +-margin points",
+    "improves": "the claim holds when the arm is better on a decided endpoint and worse on none; fails when it is "
+    "worse on any; otherwise no difference shown",
+}
+# A step metric's optional count of steps: the condition a step's value meets.
+COUNT_CONDITIONS = {
+    "at_least": lambda value, bound: value >= bound,
+    "at_most": lambda value, bound: value <= bound,
+    "above": lambda value, bound: value > bound,
+    "below": lambda value, bound: value < bound,
 }
 # The runner sets these for every run; an arm or the study may not.
 RESERVED = ("actor.lr", "trainer.seed", "data.seed", "trainer.total_steps", "trainer.run_dir")
@@ -89,6 +101,34 @@ class Decision:
     arms: tuple[str, ...] = ()  # smallest_collapse_lr
     divisors: tuple[float, ...] = ()  # smallest_collapse_lr: the next stage runs at L* / d for each d
     margin: float = 5.0  # equivalence, in points
+    claim: str = ""  # improves: what holds when the arm is better (e.g. "SFPO helps on DAPO")
+    counterclaim: str = ""  # improves: what is said when it is worse
+
+
+@dataclass(frozen=True)
+class StepCount:
+    condition: str  # a key of COUNT_CONDITIONS
+    bound: float
+    label: str  # what a counted step is, in the report ("steps that used every generation round")
+
+    def counts(self, value: float) -> bool:
+        return COUNT_CONDITIONS[self.condition](value, self.bound)
+
+
+@dataclass(frozen=True)
+class StepMetric:
+    """A metric every training step logs (a metrics.jsonl key), summarised per arm: over each window of steps
+    the mean of each run's mean with a Student-t 95% interval over seeds, and the largest value of any run; a
+    count of the steps that meet a condition; optionally a figure of its seed mean against step."""
+
+    name: str  # names its figure: per_step_<name>.png
+    metric: str
+    label: str
+    arms: tuple[str, ...]  # the arms it is summarised for (all when the file names none)
+    windows: tuple[tuple[int, int], ...]  # (first, last) steps, inclusive
+    percent: bool = False  # a fraction shown in percent
+    plot: bool = False
+    count: StepCount | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +148,7 @@ class Study:
     collapse_at: float | None = None  # points; enables drop / collapsed per run
     shared_machine: bool = False
     notes: tuple[str, ...] = field(default=())
+    step_metrics: tuple[StepMetric, ...] = ()
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -182,10 +223,12 @@ FIELDS = {
     "collapse_at": "points: a run whose drop from its running peak reaches this has collapsed",
     "shared_machine": "true when other work shared the machine (a warning on every wall-clock figure)",
     "notes": "lines quoted at the end of the report",
+    "step_metrics": "name -> {metric, label, arms, windows, percent, plot, count}: per-step metrics summarised",
 }
 ARM_FIELDS = ("label", "overrides", "seeds")
 COMPARISON_FIELDS = ("title", "kind", "pairs", "baseline", "label", "endpoints", "decide")
-DECISION_FIELDS = ("rule", "comparison", "arms", "divisors", "margin")
+DECISION_FIELDS = ("rule", "comparison", "arms", "divisors", "margin", "claim", "counterclaim")
+STEP_METRIC_FIELDS = ("metric", "label", "arms", "windows", "percent", "plot", "count")
 
 
 class _Checker:
@@ -236,6 +279,11 @@ class _Checker:
             if key in RESERVED:
                 self.fail(f"{where}[{i}]", f"{key} is set by the study runner (learning_rates, seeds, steps)")
         return found
+
+    def flag(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(where, f"must be true or false, got {_show(value)}")
+        return value
 
     def choice(self, value: Any, where: str, allowed: Sequence[str]) -> str:
         if value not in allowed:
@@ -303,13 +351,17 @@ def load_study(path: str | Path) -> Study:
         for i, spec in enumerate(_list(check, raw, "decisions"))
     )
     notes = check.strings(raw["notes"], "notes") if "notes" in raw else ()
-    shared = raw.get("shared_machine", False)
-    if not isinstance(shared, bool):
-        check.fail("shared_machine", f"must be true or false, got {_show(shared)}")
+    shared = check.flag(raw.get("shared_machine", False), "shared_machine")
+    steps = check.positive_int(raw["steps"], "steps")
+    step_metrics = raw.get("step_metrics", {})
+    if not isinstance(step_metrics, Mapping):
+        check.fail(
+            "step_metrics", f"must be a mapping (name: {{metric, label, ...}}), got {_show(step_metrics)}"
+        )
     return Study(
         path=path,
         name=check.text(raw["name"], "name"),
-        steps=check.positive_int(raw["steps"], "steps"),
+        steps=steps,
         learning_rates=_learning_rates(check, raw["learning_rates"]),
         arms=tuple(arms.values()),
         comparisons=comparisons,
@@ -322,6 +374,10 @@ def load_study(path: str | Path) -> Study:
         collapse_at=collapse_at,
         shared_machine=shared,
         notes=notes,
+        step_metrics=tuple(
+            _step_metric(check, name, spec, f"step_metrics.{name}", arms, steps)
+            for name, spec in step_metrics.items()
+        ),
     )
 
 
@@ -427,6 +483,15 @@ def _decision(
         check.fail(
             f"{where}.comparison", f"must index `comparisons` (0..{len(comparisons) - 1}), got {_show(index)}"
         )
+    if rule == "improves":
+        if not comparisons[index].decide:
+            check.fail(where, f"improves needs comparisons[{index}] to decide at least one endpoint")
+        return Decision(
+            rule,
+            comparison=index,
+            claim=check.text(spec.get("claim", "better"), f"{where}.claim"),
+            counterclaim=check.text(spec.get("counterclaim", "worse"), f"{where}.counterclaim"),
+        )
     needed = {"stabilises": ("final", "drop", "collapse"), "equivalence": ("final",)}[rule]
     missing = [e for e in needed if e not in comparisons[index].endpoints]
     if missing:
@@ -435,6 +500,49 @@ def _decision(
         check.fail(where, f"{rule} applies to a same_lr comparison")
     margin = check.number(spec.get("margin", 5.0), f"{where}.margin")
     return Decision(rule, comparison=index, margin=margin)
+
+
+def _step_metric(
+    check: _Checker, name: Any, spec: Any, where: str, arms: Mapping[str, Arm], steps: int
+) -> StepMetric:
+    if not isinstance(name, str) or not NAME.match(name):
+        check.fail(where, "a step metric's name must be letters, digits, '_', '.' or '-' (it names a figure)")
+    spec = check.mapping(spec, where, STEP_METRIC_FIELDS)
+    if "metric" not in spec:
+        check.fail(f"{where}.metric", "missing (a key every training step writes to metrics.jsonl)")
+    metric = check.text(spec["metric"], f"{where}.metric")
+    names = check.strings(spec.get("arms", list(arms)), f"{where}.arms")
+    windows = spec.get("windows", [[1, steps]])
+    if not isinstance(windows, list) or not windows:
+        check.fail(
+            f"{where}.windows", f"must be a non-empty list of [first, last] steps, got {_show(windows)}"
+        )
+    for i, window in enumerate(windows):
+        if (
+            not isinstance(window, list)
+            or len(window) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window)
+            or not 1 <= window[0] <= window[1] <= steps
+        ):
+            check.fail(f"{where}.windows[{i}]", f"must be [first, last] with 1 <= first <= last <= {steps}")
+    count = None
+    if "count" in spec:
+        raw = check.mapping(spec["count"], f"{where}.count", [*COUNT_CONDITIONS, "label"])
+        conditions = [c for c in COUNT_CONDITIONS if c in raw]
+        if len(conditions) != 1 or "label" not in raw:
+            check.fail(f"{where}.count", f"needs one of {', '.join(COUNT_CONDITIONS)} (a number) and a label")
+        bound = check.number(raw[conditions[0]], f"{where}.count.{conditions[0]}", positive=False)
+        count = StepCount(conditions[0], bound, check.text(raw["label"], f"{where}.count.label"))
+    return StepMetric(
+        name=name,
+        metric=metric,
+        label=check.text(spec.get("label", metric), f"{where}.label"),
+        arms=tuple(check.arm_name(a, f"{where}.arms", arms) for a in names),
+        windows=tuple((first, last) for first, last in windows),
+        percent=check.flag(spec.get("percent", False), f"{where}.percent"),
+        plot=check.flag(spec.get("plot", False), f"{where}.plot"),
+        count=count,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ checking

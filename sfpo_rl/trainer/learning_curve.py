@@ -7,6 +7,7 @@ against rollouts, and marks the step at which SFPO switched itself off.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,9 @@ PHASES = ("generate", "reward", "old_log_prob", "advantage", "update", "sync")
 
 @dataclass
 class Curve:
-    """One run: validation accuracy (and its standard error) at each validation step, with the rollouts and
-    training seconds spent by then; training reward per step; mean seconds per step of each phase."""
+    """One run: validation accuracy (and its standard error) at each validation step, with the rollouts
+    generated and training seconds spent by then; training reward per step; mean seconds per step of each phase;
+    and per step, the values of any metrics asked for (NaN at a step that did not log one)."""
 
     steps: list[int] = field(default_factory=list)
     rollouts: list[float] = field(default_factory=list)
@@ -32,13 +34,15 @@ class Curve:
     train_reward: list[float] = field(default_factory=list)
     switch_step: int | None = None  # the first step run as a plain update after SFPO had been active
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    step_values: dict[str, list[float]] = field(default_factory=dict)  # metric -> value at each train step
 
     def axis(self, name: str) -> list[float]:
         return {"rollouts": self.rollouts, "seconds": self.seconds, "steps": self.steps}[name]
 
 
-def load_curve(run_dir: str | Path) -> Curve:
-    curve = Curve()
+def load_curve(run_dir: str | Path, step_metrics: Sequence[str] = ()) -> Curve:
+    """The run's curve; `step_metrics` (metrics.jsonl keys) are kept per training step."""
+    curve = Curve(step_values={metric: [] for metric in step_metrics})
     rollouts = seconds = 0.0
     sfpo_was_active = False
     phase_totals = dict.fromkeys(PHASES, 0.0)
@@ -55,6 +59,8 @@ def load_curve(run_dir: str | Path) -> Curve:
             curve.train_steps.append(row["step"])
             curve.train_rollouts.append(float(rollouts))
             curve.train_reward.append(float(row["reward/mean"]))
+            for metric, values in curve.step_values.items():
+                values.append(float(row.get(metric, math.nan)))
             for phase in PHASES:
                 phase_totals[phase] += float(row.get(f"timing/{phase}", 0.0))
         active = row.get("sfpo/active")

@@ -6,6 +6,7 @@ the stability study's files; and the first study's report reproduced from its co
 import json
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from sfpo_rl.experiments.analysis import (
     mean_ci,
     reach,
     reach_ratio,
+    step_values,
 )
+from sfpo_rl.experiments.plots import plot_study
 from sfpo_rl.experiments.records import RunRecord, read_curves
-from sfpo_rl.experiments.report import markdown, summarize, verdict
-from sfpo_rl.experiments.study import load_study
+from sfpo_rl.experiments.report import _decision_lines, decide, markdown, summarize, verdict
+from sfpo_rl.experiments.study import Decision, load_study
 from sfpo_rl.trainer.learning_curve import Curve, load_curve, plot_learning_curve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,3 +371,202 @@ def test_the_first_studys_notes_name_the_grid_edge_the_switch_off_and_the_near_m
     assert "23% of the bootstrap resamples do reach it" in notes
     assert summary["provenance"]["commits"] == {"a4ab0528ccc010f34c6ee88122318162a7f121fe": 66}
     assert summary["provenance"]["reconstructed_runs"] == 66
+
+
+# ---------------------------------------------------------------------------------------------- per-step metrics
+def test_load_curve_keeps_the_asked_metrics_per_training_step(tmp_path):
+    rows = [
+        {"step": 0, "val/acc": 0.1},
+        {"step": 1, "perf/rollouts": 128, "reward/mean": 0.2, "sampling/gen_rounds": 1.0,
+         "sampling/zero_adv_group_frac": 0.25},
+        {"step": 2, "perf/rollouts": 384, "reward/mean": 0.3, "sampling/zero_adv_group_frac": 0.5, "val/acc": 0.3},
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = load_curve(tmp_path, ["sampling/zero_adv_group_frac", "sampling/gen_rounds"])
+    assert c.rollouts == [0.0, 384.0]  # every rollout generated: step 2 took two rounds
+    assert c.step_values["sampling/zero_adv_group_frac"] == [0.25, 0.5]
+    rounds = c.step_values["sampling/gen_rounds"]
+    assert rounds[0] == 1.0 and math.isnan(rounds[1])  # not logged at step 2
+    assert step_values(c, "sampling/gen_rounds") == [1.0] and step_values(
+        c, "sampling/zero_adv_group_frac", 2
+    ) == [0.5]
+    assert load_curve(tmp_path).step_values == {}
+
+
+def test_the_seed_mean_curve_of_seeds_that_generate_different_rollouts_has_their_mean_x():
+    """With dynamic sampling each seed generates its own number of rollouts by a validation step: the seed-mean
+    curve is at the seeds' mean rollouts there (not at one seed's, nor the mean of each seed's reach)."""
+    grpo = [curve([0.1, 0.2, 0.3, 0.4, 0.5])] * 2  # best 0.5 first at 2560 rollouts
+    a = curve([0.1, 0.2, 0.4, 0.6, 0.6], rollouts=[0, 1000, 2000, 3000, 4000])  # alone: 0.5 at 2500
+    b = curve([0.1, 0.4, 0.6, 0.6, 0.6], rollouts=[0, 600, 1400, 2200, 3000])  # alone: 0.5 at 1000
+    # Mean curve: x 0, 800, 1700, 2600, 3500; accuracy 0.1, 0.3, 0.5, 0.6, 0.6: 0.5 at 1700 (per-seed mean: 1750).
+    assert reach_ratio(grpo, [a, b]) == pytest.approx(1700 / 2560)
+    # Resamples draw {a, a} (2500), {b, b} (1000) or {a, b} (1700), each with probability >= 1/4.
+    i = bootstrap_reach_ratio(grpo, [a, b], resamples=2000)
+    assert (i.low, i.high, i.never) == (pytest.approx(1000 / 2560), pytest.approx(2500 / 2560), 0.0)
+
+
+def stepped(values_by_metric, accs=(0.1, 0.2)):
+    """A curve of len(values) training steps with the given per-step metric values."""
+    n = len(next(iter(values_by_metric.values())))
+    c = curve(list(accs), rollouts=ROLLOUTS[: len(accs)])
+    c.train_steps = list(range(1, n + 1))
+    c.step_values = {metric: list(values) for metric, values in values_by_metric.items()}
+    return c
+
+
+ZERO_ADV, ROUNDS = "sampling/zero_adv_group_frac", "sampling/gen_rounds"
+STEP_STUDY = {
+    "name": "per-step",
+    "steps": 4,
+    "learning_rates": ["1e-4"],
+    "seeds": 2,
+    "arms": {"grpo": {"overrides": ["algorithm=grpo"]}, "dapo": {"overrides": ["algorithm=dapo"]}},
+    "step_metrics": {
+        "zero_adv": {"metric": ZERO_ADV, "label": "zero-advantage share", "percent": True,
+                     "windows": [[1, 4], [3, 4]], "plot": True},
+        "rounds": {"metric": ROUNDS, "label": "rounds per step", "arms": ["dapo"],
+                   "count": {"at_least": 3, "label": "steps of 3 rounds or more"}},
+        "kept": {"metric": "sampling/groups_kept", "count": {"below": 16, "label": "steps short of 16"}},
+    },
+}  # fmt: skip
+
+
+def step_records():
+    return records({
+        ("grpo", "1e-4"): {0: stepped({ZERO_ADV: [0.0, 0.25, 0.5, 0.75]}),
+                           1: stepped({ZERO_ADV: [0.25, 0.25, 0.75, 0.75]})},
+        ("dapo", "1e-4"): {0: stepped({ZERO_ADV: [0.5] * 4, ROUNDS: [1, 2, 3, 4], "sampling/groups_kept": [16] * 4}),
+                           1: stepped({ZERO_ADV: [0.5] * 4, ROUNDS: [1, 1, 2, 5], "sampling/groups_kept": [16, 16, 16, 9]})},
+    })  # fmt: skip
+
+
+def test_step_metrics_are_summarised_per_arm_over_their_windows(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(STEP_STUDY, sort_keys=False))
+    study = load_study(tmp_path / "s.yaml")
+    zero, rounds, kept = summarize(study, step_records())["step_metrics"]
+    # grpo: run means over steps 1-4 are 0.375 and 0.5; over 3-4, 0.625 and 0.75. Two seeds: t(0.975, 1) =
+    # 12.706205, sd = 0.125 / sqrt(2), so the half-width is 12.706205 * 0.125 / 2.
+    half = 12.706205 * 0.125 / 2
+    first, last = zero["cells"]["grpo@1e-4"]["windows"]
+    assert (first["first"], first["last"], first["max"]) == (1, 4, 0.75)
+    assert first["mean"]["estimate"] == pytest.approx(0.4375)
+    assert first["mean"]["high"] - 0.4375 == pytest.approx(half, rel=1e-6)
+    assert last["mean"]["estimate"] == pytest.approx(0.6875) and last["max"] == 0.75
+    assert zero["cells"]["grpo@1e-4"]["per_step"] == {
+        "steps": [1, 2, 3, 4],
+        "mean": [0.125, 0.25, 0.625, 0.75],
+    }
+    dapo_zero = zero["cells"]["dapo@1e-4"]["windows"][0]["mean"]
+    assert (dapo_zero["estimate"], dapo_zero["low"], dapo_zero["high"]) == (0.5, 0.5, 0.5)
+    # Rounds, for dapo only: run means 2.5 and 2.25; 3 or more rounds at 2 + 1 of the 8 steps.
+    assert list(rounds["cells"]) == ["dapo@1e-4"]
+    cell = rounds["cells"]["dapo@1e-4"]
+    assert cell["windows"][0]["mean"]["estimate"] == pytest.approx(2.375) and cell["windows"][0]["max"] == 5
+    assert cell["count"] == {"steps": 3, "of": 8, "per_seed": {0: 2, 1: 1}}
+    # Kept groups: grpo never logs it (named, not counted); dapo's seed 1 was short once.
+    assert kept["cells"]["grpo@1e-4"]["not_logged"] == [0, 1] and kept["cells"]["grpo@1e-4"]["seeds"] == []
+    assert kept["cells"]["dapo@1e-4"]["count"]["steps"] == 1
+
+    text = markdown(study, summarize(study, step_records()), step_records())
+    lo, hi = 100 * (0.4375 - half), 100 * (0.4375 + half)
+    assert (
+        "### Per step: zero-advantage share (`sampling/zero_adv_group_frac`; descriptive, no decision)"
+        in text
+    )
+    assert "| arm @ lr | seeds | steps 1-4: mean [95% t] | max | steps 3-4: mean [95% t] | max |" in text
+    assert f"| grpo@1e-4 | 2 | 43.8% [{lo:.1f}%, {hi:.1f}%] | 75.0% | 68.8% [" in text
+    assert "| dapo@1e-4 | 2 | 2.38 [" in text and "| 5.00 | 3 of 8 (2/1) |" in text
+    assert "| grpo@1e-4 | 0 (not logged by seed 0, 1) | n/a | n/a | 0 of 0 () |" in text
+
+
+def test_a_plotted_step_metric_gets_its_figure(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(STEP_STUDY, sort_keys=False))
+    study = load_study(tmp_path / "s.yaml")
+    paths = plot_study(study, step_records(), {"grpo": "1e-4", "dapo": "1e-4"}, tmp_path)
+    figure = tmp_path / "per_step_zero_adv.png"
+    assert figure in paths and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "per_step_rounds.png").exists()  # not asked for
+
+
+# ---------------------------------------------------------------------------------------------- the improves rule
+def rows_of(**cases):
+    """Comparison rows whose rollouts ratio and final difference are the given (estimate, low, high)."""
+    rows = {}
+    for key, (rollouts, final) in cases.items():
+        results = {"rollouts": Interval(*rollouts), "final": Interval(*final)}
+        rows[f"{key}@1e-4"] = {"baseline": "base", **{e: asdict(i) for e, i in results.items()},
+                               "verdict": verdict(results)}  # fmt: skip
+    return rows
+
+
+def test_the_improves_rule_holds_on_one_better_endpoint_and_fails_on_any_worse_one():
+    rows = rows_of(
+        fewer=((0.5, 0.4, 0.9), (0.0, -0.1, 0.1)),  # fewer rollouts, final not shown: holds
+        higher=((1.0, 0.8, 1.2), (0.05, 0.01, 0.1)),  # higher final: holds
+        mixed=((0.5, 0.4, 0.9), (-0.05, -0.1, -0.01)),  # fewer rollouts but lower final: fails
+        more=((1.5, 1.1, 2.0), (0.0, -0.1, 0.1)),  # more rollouts: fails
+        neither=((0.9, 0.5, 1.2), (0.0, -0.1, 0.1)),
+        few=((0.5, math.nan, math.nan), (0.0, math.nan, math.nan)),
+    )
+    comparison = {"decide": ["rollouts", "final"], "rows": rows}
+    rule = Decision("improves", comparison=0, claim="it helps", counterclaim="it costs")
+    found = decide(rule, None, [], [comparison])
+    assert {k: r["outcome"] for k, r in found["rows"].items()} == {
+        "fewer@1e-4": "holds", "higher@1e-4": "holds", "mixed@1e-4": "fails", "more@1e-4": "fails",
+        "neither@1e-4": "no difference shown", "few@1e-4": "too few seeds",
+    }  # fmt: skip
+    lines = _decision_lines(found)
+    assert lines[0] == "- fewer@1e-4 against base: **it helps** (fewer rollouts; final: no difference shown)"
+    assert lines[2] == "- mixed@1e-4 against base: **it costs** (fewer rollouts; lower final)"
+    assert lines[4] == (
+        "- neither@1e-4 against base: **no difference shown** (rollouts: no difference shown; final: no difference shown)"
+    )
+
+
+def test_the_dapo_study_reports_its_decisions_and_zero_advantage_share(tmp_path):
+    """results/dapo/study.yaml on synthetic runs: sfpo_dapo reaches dapo's best with fewer rollouts (its seeds'
+    rollouts differ), ends level with it, and is level with sfpo."""
+    here = os.getcwd()
+    study = load_study(ROOT / "results/dapo/study.yaml")
+    steps = list(range(1, 41))
+
+    def run(accs, per_step, seed):
+        c = curve(accs, rollouts=[per_step * s for s in range(0, 41, 5)])
+        c.train_steps = steps
+        c.step_values = {
+            ZERO_ADV: [0.1 * seed + s / 100 for s in steps],
+            ROUNDS: [1.0 + (s > 30) for s in steps],
+        }
+        return c
+
+    rising = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9]
+    fast = [0.1, 0.5, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    found = records({
+        ("grpo", "1e-4"): {s: run(rising, 128, s) for s in range(2)},
+        ("sfpo", "1e-4"): {s: run(fast, 128, s) for s in range(2)},
+        ("dapo", "1e-4"): {s: run(rising, 150 + 20 * s, s) for s in range(2)},
+        ("sfpo_dapo", "1e-4"): {s: run(fast, 150 + 20 * s, s) for s in range(2)},
+    })  # fmt: skip
+    try:
+        os.chdir(ROOT)
+        summary = summarize(study, found)
+        text = markdown(study, summary, found)
+    finally:
+        os.chdir(here)
+    # dapo's target 0.9 at 30 steps x 160 (mean) rollouts; sfpo_dapo's at 15 steps x 160.
+    helps, adds = summary["decisions"]
+    row = summary["comparisons"][1]["rows"]["sfpo_dapo@1e-4"]
+    assert row["rollouts"]["estimate"] == pytest.approx(0.5)
+    assert helps["rows"]["sfpo_dapo@1e-4"]["outcome"] == "holds"
+    assert "- sfpo_dapo@1e-4 against dapo: **SFPO helps on DAPO here (the paper's claim holds)**" in text
+    # Against sfpo: the same accuracy curve at 160 / 128 the rollouts per step: needs more, so DAPO costs SFPO.
+    assert summary["comparisons"][2]["rows"]["sfpo_dapo@1e-4"]["rollouts"]["estimate"] == pytest.approx(
+        160 / 128
+    )
+    assert adds["rows"]["sfpo_dapo@1e-4"]["outcome"] == "fails" and "**DAPO costs SFPO**" in text
+    zero = summary["step_metrics"][0]["cells"]["grpo@1e-4"]["windows"]
+    # Seed s: 0.1 s + step / 100; means over 1-40: 0.205 + 0.1 s; over 31-40: 0.355 + 0.1 s.
+    assert [w["mean"]["estimate"] for w in zero] == [pytest.approx(0.255), pytest.approx(0.405)]
+    assert summary["step_metrics"][1]["cells"]["dapo@1e-4"]["count"]["steps"] == 0  # never 10 rounds
+    assert "### Per step: share of the groups generated with zero advantage" in text

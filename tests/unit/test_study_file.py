@@ -79,6 +79,20 @@ BAD = [
      "comparisons[0].endpoints: `collapse` needs the study's `collapse_at`"),
     (dict(decisions=[{"rule": "equivalence", "comparison": 3}]), "decisions[0].comparison: must index"),
     (dict(decisions=[{"rule": "stabilises"}]), "decisions[0]: stabilises needs comparisons[0] to report drop, collapse"),
+    (dict(decisions=[{"rule": "improves", "claim": ""}]), "decisions[0].claim: must be a non-empty string"),
+    (dict(comparisons=[{"title": "t", "kind": "same_lr", "baseline": "grpo", "endpoints": ["final"]}],
+          decisions=[{"rule": "improves"}]), "decisions[0]: improves needs comparisons[0] to decide"),
+    (dict(step_metrics=["sampling/gen_rounds"]), "step_metrics: must be a mapping"),
+    (dict(step_metrics={"r": {"label": "rounds"}}), "step_metrics.r.metric: missing"),
+    (dict(step_metrics={"r": {"metric": "m", "every": 2}}), "step_metrics.r.every: unknown field"),
+    (dict(step_metrics={"r": {"metric": "m", "arms": ["dapo"]}}), "step_metrics.r.arms: no arm named 'dapo'"),
+    (dict(step_metrics={"r": {"metric": "m", "windows": [[0, 4]]}}),
+     "step_metrics.r.windows[0]: must be [first, last] with 1 <= first <= last <= 4"),
+    (dict(step_metrics={"r": {"metric": "m", "windows": [[3, 5]]}}), "step_metrics.r.windows[0]"),
+    (dict(step_metrics={"r": {"metric": "m", "count": {"at_least": 10}}}), "step_metrics.r.count: needs one of"),
+    (dict(step_metrics={"r": {"metric": "m", "count": {"at_least": 1, "below": 2, "label": "x"}}}),
+     "step_metrics.r.count: needs one of at_least, at_most, above, below"),
+    (dict(step_metrics={"r": {"metric": "m", "plot": "yes"}}), "step_metrics.r.plot: must be true or false"),
 ]  # fmt: skip
 
 
@@ -179,12 +193,55 @@ def test_the_stage_1_file_is_complete_but_for_its_learning_rates(tmp_path):
     assert set(study.comparisons[0].decide) == {"final", "drop", "collapse", "rollouts"}
 
 
-@pytest.mark.timeout(600)  # composes 14 configs with Hydra
+def test_the_dapo_study_file_is_the_protocols_design():
+    study = load_study(ROOT / "results/dapo/study.yaml")
+    assert study.steps == 40 and [lr.text for lr in study.learning_rates] == ["1e-4"] and study.shared_machine
+    assert {a.name: a.overrides for a in study.arms} == {
+        "grpo": ("algorithm=grpo",),
+        "dapo": ("algorithm=dapo", "algorithm.filter_groups.at_cap=train"),
+        "sfpo": ("algorithm=sfpo",),
+        "sfpo_dapo": ("algorithm=dapo", "algorithm.sfpo.enable=true", "algorithm.filter_groups.at_cap=train"),
+    }  # fmt: skip
+    assert all(a.seeds == 5 for a in study.arms) and study.out == ROOT / "results/dapo"
+    runs = plan(study)  # seed by seed: every arm of seed 0, then of seed 1, ...
+    assert [r.name for r in runs[:5]] == [
+        "grpo_lr1e-4_seed0", "dapo_lr1e-4_seed0", "sfpo_lr1e-4_seed0", "sfpo_dapo_lr1e-4_seed0", "grpo_lr1e-4_seed1",
+    ]  # fmt: skip
+    assert [r.seed for r in runs] == [s for s in range(5) for _ in range(4)]
+    assert runs[1].overrides(study)[-4:] == [
+        "actor.lr=1e-4",
+        "trainer.seed=0",
+        "data.seed=0",
+        "trainer.total_steps=40",
+    ]
+    assert [dict(c.pairs) for c in study.comparisons] == [
+        {"dapo": "grpo", "sfpo": "grpo"}, {"sfpo_dapo": "dapo"}, {"sfpo_dapo": "sfpo"},
+    ]  # fmt: skip
+    for comparison in study.comparisons:
+        assert comparison.endpoints == ("final", "rollouts", "seconds") and set(comparison.decide) == {
+            "rollouts",
+            "final",
+        }
+    assert [(d.rule, d.comparison) for d in study.decisions] == [("improves", 1), ("improves", 2)]
+    zero_adv, rounds, generated, kept = study.step_metrics
+    assert zero_adv.metric == "sampling/zero_adv_group_frac" and zero_adv.windows == ((1, 40), (31, 40))
+    assert zero_adv.plot and zero_adv.arms == ("grpo", "dapo", "sfpo", "sfpo_dapo")
+    assert (rounds.metric, rounds.count.condition, rounds.count.bound) == (
+        "sampling/gen_rounds",
+        "at_least",
+        10,
+    )
+    assert generated.metric == "sampling/samples_generated" and generated.arms == ("dapo", "sfpo_dapo")
+    assert (kept.metric, kept.count.condition, kept.count.bound) == ("sampling/groups_kept", "below", 16)
+
+
+@pytest.mark.timeout(600)  # composes 19 configs with Hydra
 def test_every_committed_study_composes():
     for name in (
         "results/compare/study.yaml",
         "results/stability/pilot.yaml",
         "results/stability/confirm.yaml",
+        "results/dapo/study.yaml",
     ):
         study = load_study(ROOT / name)
         check_arms_compose(study, Path("/tmp/unused"))

@@ -73,7 +73,8 @@ def fake_run(
     rows = [{"step": 0, "val/acc": accs[0], "val/acc_se": 0.01}]
     for step in range(1, steps + 1):
         row = {"step": step, "perf/rollouts": 32 * step, "perf/train_seconds": 2.0 * step, "reward/mean": 0.1,
-               "perf/load_avg_1m": load + step, "train/nonfinite_in_a_row": 0}  # fmt: skip
+               "perf/load_avg_1m": load + step, "train/nonfinite_in_a_row": 0,
+               "sampling/zero_adv_group_frac": step / 10}  # fmt: skip
         if step % 2 == 0:
             row.update({"val/acc": accs[step // 2], "val/acc_se": 0.01})
         rows.append(row)
@@ -267,6 +268,38 @@ def test_the_curves_file_round_trips_curves_and_provenance(tmp_path):
     again = read_curves(tmp_path / "curves.json")
     assert [again[r.name] for r in found] == found
     assert list(json.loads((tmp_path / "curves.json").read_text())) == ["grpo@1e-3", "sfpo@1e-3"]
+
+
+def test_step_metrics_are_read_from_the_runs_kept_in_the_curves_file_and_reported(tmp_path, capsys):
+    metric = {"metric": "sampling/zero_adv_group_frac", "label": "zero-advantage share", "percent": True,
+              "plot": True}  # fmt: skip
+    path = write_study(tmp_path, step_metrics={"zero_adv": metric})
+    assert runner.main([str(path)], train=FakeTrainer()) == 0
+    report = tmp_path / "report"
+    assert (report / "per_step_zero_adv.png").is_file()
+    record = read_curves(report / "curves.json")["sfpo_lr1e-3_seed1"]
+    assert record.curve.step_values == {"sampling/zero_adv_group_frac": [0.1, 0.2, 0.3, 0.4]}
+    # Every run logs 0.1 .. 0.4 over steps 1-4: mean 25%, every seed alike.
+    line = "| grpo@1e-3 | 2 | 25.0% [25.0%, 25.0%] | 40.0% |"
+    assert line in (report / "report.md").read_text()
+    # Another machine, only the curves file: the same report.
+    assert runner.main([str(path), "--runs", str(tmp_path / "elsewhere")], train=FakeTrainer()) == 0
+    assert line in (report / "report.md").read_text()
+    capsys.readouterr()
+    assert runner.main([str(path), "--check"]) == 0
+    assert (
+        "per step (descriptive): sampling/zero_adv_group_frac (zero-advantage share) for grpo, sfpo: steps 1-4"
+        in (capsys.readouterr().out)
+    )
+
+
+def test_a_study_without_step_metrics_writes_its_curves_file_as_before(tmp_path):
+    study = load_study(write_study(tmp_path))
+    run = plan(study)[0]
+    (tmp_path / run.name).mkdir()
+    fake_run(tmp_path / run.name, accs_of(run.name))
+    write_curves(tmp_path / "curves.json", [read_run(tmp_path / run.name, "grpo", "1e-3", 0)])
+    assert "step_values" not in json.loads((tmp_path / "curves.json").read_text())["grpo@1e-3"]["0"]
 
 
 def test_a_study_run_is_a_plain_training_job_with_the_runs_overrides(tmp_path, monkeypatch):
