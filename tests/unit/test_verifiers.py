@@ -396,6 +396,9 @@ def test_a_missing_ground_truth_is_an_error_not_a_match(verifier, ground_truth):
         ("#### 5-7", "5", False),
         ("#### 18 or 19", "18", False),
         ("#### 18\u200b", "18", True),
+        ("#### 2 + 3 = 5", "5", True),  # an expression: its result
+        ("so \\boxed{5-7}", "7", False),  # a box is read like the "####" line
+        ("so \\boxed{x_1 = 18}", "18", True),
     ],
 )
 def test_gsm8k(response, ground_truth, correct):
