@@ -83,7 +83,7 @@ def _parse_within_limits(answer: str, max_chars: int, max_depth: int) -> list:
     """math-verify's reading of a normalized answer; [] (compare as text) when it is too long, nested too
     deep, would lose a value to the unit rule, holds a number too large to compare exactly or an unevaluated
     integral, sum, product or limit (see `sfpo_rl.rewards.math_answer`)."""
-    if too_complex(answer, max_chars, max_depth) or hides_a_value(answer):
+    if too_complex(answer, max_chars, max_depth) or hides_a_value(answer) or unevaluated(answer):
         return []
     if any(_binomial_too_large(n, k, max_chars, max_depth) for n, k in binomial_arguments(answer)):
         return []

@@ -341,6 +341,7 @@ def test_slow_answers_are_scored_well_inside_the_time_limit(answer):
         ("\\sum_{k=1}^{10} k", "55"),
         ("\\prod_{k=1}^{5} k", "120"),
         ("\\lim_{x \\to 0} \\frac{\\sin x}{x}", "1"),
+        ("\\frac{d}{dx} x^2", "2x"),
     ],
 )
 def test_an_unevaluated_integral_sum_product_or_limit_is_not_its_value(answer, ground_truth):
