@@ -6,7 +6,8 @@ The responses are generated here, never read from a benchmark file: ten kinds of
 linear equations) with a worked solution of a few hundred to a few thousand characters ending in a boxed
 answer that is right (in one of several equivalent ways of writing it), wrong, missing, or a refusal; each
 prompt has n samples sharing its ground truth, as in training. The pathological answers are the short ones
-that stalled math-verify (deep nesting, huge numbers, long expressions) and equation hacks.
+that stalled math-verify (deep nesting, huge numbers, long expressions, integrals and products it evaluated
+for seconds, binomials it computed exactly), long ones whose clean-up was quadratic, and equation hacks.
 """
 
 from __future__ import annotations
@@ -170,17 +171,33 @@ def _nested(template: str, depth: int, inner: str = "1") -> str:
     return inner
 
 
-# Short answers that stalled math-verify (parse time about doubles per nesting level; huge numbers are
-# computed exactly inside C code) and equations that used to match their right side.
-PATHOLOGICAL = {
+# Answers that stalled the verifier: short ones in math-verify (parse time about doubles per nesting level;
+# huge numbers are computed exactly inside C code; integrals and products are evaluated for seconds to minutes;
+# binomials are computed exactly while parsed), long ones in the clean-up before the length cap (quadratic in
+# the length); and equations or relations that used to match their right side. The first of each family
+# come first: a mixed batch takes them in this order.
+NESTING = {
     "braces nested 14": _nested("{{{}}}", 14),
     "frac nested 20": _nested("\\frac{{{}}}{{2}}", 20),
     "parentheses nested 12": _nested("({})", 12),
+}
+PATHOLOGICAL = {
+    "braces nested 14": NESTING["braces nested 14"],
     "9^{9^{9}}": "9^{9^{9}}",
+    "\\text{ nested over 140 KB": "\\text{" * 12000 + "5" + "}" * 12000,
+    "\\int_0^1 x^{1000}e^x dx": "\\int_0^1 x^{1000}e^x dx",
+    "\\binom{100000}{50000}": "\\binom{100000}{50000}",
+    "x^2-5x+6 \\implies 0": "x^2-5x+6 \\implies 0",
+    "frac nested 20": NESTING["frac nested 20"],
+    "parentheses nested 12": NESTING["parentheses nested 12"],
     "10^{10^{10}}": "10^{10^{10}}",
     "(10^{10})!": "(10^{10})!",
+    "sqrt( repeated over 64 KB": "sqrt(x)" * 9400,
+    "\\int x^{50}\\sin x\\,dx": "\\int x^{50}\\sin x\\,dx",
+    "\\prod_{k=1}^{10^6} k": "\\prod_{k=1}^{10^6} k",
     "600-character sum": "+".join(["x"] * 300),
     "5x - 7y + 11z + 4 = 0": "5x - 7y + 11z + 4 = 0",
+    "7 \\to 5": "7 \\to 5",
 }
 
 
@@ -251,28 +268,29 @@ def _throughput(clean, mixed, processes: int, repeats: int) -> dict[str, Any]:
     return {"seconds": times, "responses_per_s": rates, "outcomes": outcomes, "restarts": restarts}
 
 
-def _pathological_costs() -> dict[str, float]:
-    """Seconds math_score takes on each pathological answer (in this process, the caps on)."""
+def _pathological_costs() -> dict[str, tuple[float, float, float]]:
+    """(wall seconds, CPU seconds, score) of math_score on each pathological answer against the ground truth 5,
+    in this process: no pool and no time limit, so a stall or an error would show here. The CPU time tells
+    what a loaded machine adds to the wall time."""
     math_score("\\boxed{1}", "1")  # imports and parser set-up are not part of any answer's cost
     costs = {}
     for name, answer in PATHOLOGICAL.items():
-        start = time.perf_counter()
-        math_score(f"so \\boxed{{{answer}}}", "5")
-        costs[name] = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        score = math_score(f"so \\boxed{{{answer}}}", "5")["score"]
+        costs[name] = (time.perf_counter() - start, time.process_time() - cpu, score)
     return costs
 
 
 def _uncapped_costs(timeout_s: float) -> dict[str, float]:
     """What the nesting cases cost through the pool with the length / nesting caps lifted (the old behaviour)."""
-    nested = [name for name in PATHOLOGICAL if "nested" in name]
     lifted = {"math": {"max_answer_chars": 10**9, "max_answer_depth": 10**9}}
     scorer = RewardScorer({"timeout_s": timeout_s, "verifier_kwargs": lifted})
     costs = {}
     try:
         scorer.score(["\\boxed{1}"], ["1"], ["math"])
-        for name in nested:
+        for name, answer in NESTING.items():
             start = time.perf_counter()
-            (outcome,) = scorer.score([f"\\boxed{{{PATHOLOGICAL[name]}}}"], ["5"], ["math"])
+            (outcome,) = scorer.score([f"\\boxed{{{answer}}}"], ["5"], ["math"])
             costs[name] = (time.perf_counter() - start, outcome.status)
     finally:
         scorer.close()
@@ -333,7 +351,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"[bench] {NAME}: {size} responses per batch, {n_bad} pathological in the mixed one", flush=True)
 
     costs = _pathological_costs()
-    print(f"[bench] {NAME}: pathological answers scored, slowest {max(costs.values()):.3f} s", flush=True)
+    seconds = {name: s for name, (s, _, _) in costs.items()}
+    slowest = max(seconds, key=seconds.get)
+    print(f"[bench] {NAME}: pathological answers scored, slowest {seconds[slowest]:.3f} s", flush=True)
     uncapped = _uncapped_costs(timeout_s=2.0)
     runs = {p: _throughput(clean, mixed, p, repeats) for p in (1, 2)}
     print(f"[bench] {NAME}: throughput measured", flush=True)
@@ -366,9 +386,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         row(
             "slowest pathological answer",
-            max(costs.values()),
+            seconds[slowest],
             "s",
-            f"{max(costs, key=costs.get)}; the verifier's limit is {limit:g} s (reward.timeout_s)",
+            f"{slowest}; math_score in this process, without the pool's time limit (reward.timeout_s "
+            f"{limit:g} s); {costs[slowest][1]:.3f} s of CPU; "
+            f"{sum(score >= 1.0 for _, _, score in costs.values())} of {len(costs)} accepted "
+            "as right against 5 (must be 0)",
         ),
         row(
             "nesting cases with the caps lifted (timeout_s=2)",
@@ -400,9 +423,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "rows": rows,
         "tables": {
-            "seconds per pathological answer (math_score, caps on)": (
-                ["answer", "seconds"],
-                [[name, seconds] for name, seconds in costs.items()],
+            "seconds and score per pathological answer (math_score against 5, no time limit)": (
+                ["answer", "seconds", "CPU seconds", "score"],
+                [[name, *cost] for name, cost in costs.items()],
             ),
             "accepted as right, by kind of generated response (clean batch)": (
                 ["kind", "samples", "accepted"],
@@ -417,7 +440,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "config": {"prompts": prompts, "n": args.n, "repeats": repeats, "seed": args.seed},
         "throughput": {p: {k: v for k, v in r.items() if k != "outcomes"} for p, r in runs.items()},
-        "pathological_s": costs,
+        "pathological": {
+            name: {"seconds": s, "cpu_s": cpu, "score": score} for name, (s, cpu, score) in costs.items()
+        },
         "uncapped_nesting": {name: {"seconds": s, "status": st} for name, (s, st) in uncapped.items()},
         "recovery": recovery,
     }

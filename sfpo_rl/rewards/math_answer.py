@@ -2,7 +2,10 @@
 
 - `normalize`: writing variants that mean the same answer become one form (thousands separators, unicode
   symbols, plain-text `sqrt(2)` and `pi`, a number in \\text{} / \\textbf{} as AIME answers are written, a
-  trailing period).
+  trailing period, `:=` for `=`, `\\left.` / `\\right.`). A relation with nothing on its left (`= 5`,
+  `\\approx 5`, `\\implies x = 5`) is dropped: math-verify reads a box that it cannot parse whole as text
+  (see `verifiers._parse_boxed`), and such a box loses nothing without it. Percent signs are dropped, as the
+  MATH benchmark's own answer normalization does (`50\\%` is 50; math-verify's parser fails on a boxed `\\%`).
 - `too_complex`: math-verify's LaTeX parser (ANTLR with full-context prediction) slows down about twofold
   with each level of nesting, so a short answer of nested braces can hold a verifier for its whole time
   limit; answers longer than `max_chars` or nested deeper than `max_depth` brackets are not parsed at all and
@@ -12,14 +15,26 @@
 - `unnamed_equation`: math-verify reads `\\boxed{<anything> = 0}` as the value 0 (it keeps the right side of
   an equation when the reference is not one), which lets `5x - 7y + 4 = 0`, `7 = 0` or `1 = 2` match 0 or 2.
   An equation is read as its right side only when its left side is a name (`x = 5`, `x_1 = 5`,
-  `\\theta = 30^\\circ`, `f(x) = 2x`, `AB = 5`); otherwise it is compared as a whole, and an equation is not
-  a value.
+  `\\theta = 30^\\circ`, `f(x) = 2x`, `AB = 5`, and `5 = x` turned round by `orient_equations`); otherwise it
+  is compared as a whole, and an equation is not a value.
+- `hides_a_value`: math-verify drops everything from the first `\\text{` of an answer that ends in `}` as a
+  unit (`5 \\text{ cm}`); when that tail holds a number outside the text (`5 \\text{ (or possibly } 7
+  \\text{)}`, `5 \\text{ h } 30 \\text{ min}`) it is not a unit, and the answer is compared as text.
+- `unevaluated`: an answer that still holds an integral, sum, product, limit or derivative restates what was
+  to be computed; a careful grader wants its value, and sympy can take minutes to find it
+  (`\\int_0^1 x^{1000}e^x dx`, `\\prod_{k=1}^{10^6} k`). Such answers are compared as text, so they are right
+  only when the reference itself is written that way. `\\int`, `\\sum`, `\\prod` and `\\lim` are seen in the
+  text, which also spares the parse (ANTLR takes about 0.2 s on an integral); a derivative (`\\frac{d}{dx}`)
+  is seen in what the parser makes of it.
+- `binomial_arguments` / `binomial_digits`: the parser evaluates `\\binom{n}{k}` exactly while it reads it
+  (`\\binom{100000}{50000}`, 30,000 digits, takes seconds), so its size is estimated from n and k first.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from sfpo_rl.rewards.answer import join_digit_groups
 
@@ -35,7 +50,20 @@ _PLAIN_PI = re.compile(r"(?<![A-Za-z\\])pi(?![A-Za-z])")
 _TEXT_NUMBER = re.compile(
     r"\\(?:text|textbf|mathbf|mathrm|boldsymbol)\s*\{\s*(\(?\s*[-+]?[\d.,]+\s*\)?)\s*\}"
 )
-_TRAILING_PERIOD = re.compile(r"(?<!\.)\.\s*$")
+_TRAILING_PUNCTUATION = re.compile(r"(?<![.\\])[.,;]\s*$")  # not "..." nor the spacing commands \, and \;
+_DEFINITION = re.compile(r":=|\\coloneqq(?![A-Za-z])")  # x := 5 states x = 5
+_PERCENT = re.compile(r"\s*(?:\\?%|\\text\s*\{\s*(?:\\?%|percent)\s*\}|\bpercent\b)")
+_EMPTY_DELIMITER = re.compile(r"\\(?:left|right)\s*\.")
+_LEADING_RELATION = re.compile(
+    r"^(?:=|\\(?:approx|sim|simeq|therefore|implies|iff|Rightarrow|Longrightarrow|rightarrow|longrightarrow|to)"
+    r"(?![A-Za-z]))\s*"
+)
+_TEXT_GROUP = re.compile(r"\\(?:text\w*|mbox|math(?:rm|it|bf))\s*\{([^{}]*)\}")
+_AND_OR = re.compile(r"\s*(?:and|or)\s*")  # math-verify reads \text{ and } / \text{ or } as a comma
+_UNIT_POWER = re.compile(r"\^(?:\d|\{-?\d+\})\s*$")  # cm^2, m^{-1}
+_CALCULUS = re.compile(r"\\(?:i{1,3}nt|oint|sum|prod|lim)(?![A-Za-z])")
+_BINOM = re.compile(r"\\[dt]?binom(?![A-Za-z])")
+_CHOOSE = re.compile(r"\\choose(?![A-Za-z])")
 
 
 def normalize(answer: str) -> str:
@@ -46,7 +74,21 @@ def normalize(answer: str) -> str:
     text = _plain_sqrt_to_latex(text)
     text = _PLAIN_PI.sub(r"\\pi ", text)
     text = _TEXT_NUMBER.sub(r"\1", text)
-    return _TRAILING_PERIOD.sub("", text).strip()
+    text = _DEFINITION.sub("=", _PERCENT.sub("", _EMPTY_DELIMITER.sub("", text)))
+    text = _LEADING_RELATION.sub("", text.strip())
+    return _TRAILING_PUNCTUATION.sub("", text).strip()
+
+
+def hides_a_value(answer: str) -> bool:
+    """Whether math-verify would drop a number with what it takes for a trailing unit (module docstring)."""
+    groups = [m for m in _TEXT_GROUP.finditer(answer) if not _AND_OR.fullmatch(m.group(1))]
+    if not groups or not answer[: groups[0].start()].strip():
+        return False  # math-verify keeps an answer that stripping would empty
+    tail = answer[groups[0].start() :]
+    if not tail.rstrip().endswith("}") and not _UNIT_POWER.search(tail):
+        return False  # math-verify strips nothing
+    outside = _UNIT_POWER.sub("", _TEXT_GROUP.sub(" ", tail))
+    return re.search(r"\d", outside) is not None
 
 
 def _plain_sqrt_to_latex(text: str) -> str:
@@ -95,8 +137,8 @@ def _digits(expr) -> float:
     """An upper estimate of the digits needed to write the numbers in `expr` exactly; inf past about 1e6."""
     from sympy import Pow, factorial
 
-    if expr.is_Integer or expr.is_Rational:
-        return float(max(len(str(abs(expr.p))), len(str(expr.q))))
+    if expr.is_Integer or expr.is_Rational:  # from the bit length: str() refuses ints over 4300 digits
+        return math.log10(2) * max(abs(expr.p).bit_length(), expr.q.bit_length()) + 1
     if isinstance(expr, factorial) and expr.is_number:
         if _digits(expr.args[0]) > 6:  # n! for n above a million
             return math.inf
@@ -139,3 +181,83 @@ def _is_name(expr) -> bool:
     if isinstance(expr, Mul | AppliedUndef):
         return all(isinstance(arg, Symbol) for arg in expr.args)
     return False
+
+
+def unevaluated(answer: Any) -> bool:
+    """Whether an answer, as text or as parsed, still holds an integral, sum, product, limit or derivative
+    (see the module docstring)."""
+    from sympy import Basic, Derivative, Integral, Limit, Product, Sum
+
+    if isinstance(answer, str):
+        return _CALCULUS.search(answer) is not None
+    return isinstance(answer, Basic) and answer.has(Integral, Sum, Product, Limit, Derivative)
+
+
+def orient_equations(expr):
+    """`5 = x` as `x = 5`: an equation with a name on the right only and not on the left is turned round."""
+    from sympy import Basic, Eq
+
+    if not isinstance(expr, Basic):
+        return expr
+    return expr.replace(
+        lambda e: isinstance(e, Eq) and _is_name(e.rhs) and not _is_name(e.lhs),
+        lambda e: Eq(e.rhs, e.lhs, evaluate=False),
+    )
+
+
+def binomial_arguments(text: str) -> list[tuple[str, str]]:
+    """(n, k) as written in each `\\binom{n}{k}` (also \\dbinom, \\tbinom, `\\binom52`) and `{n \\choose k}`."""
+    pairs = []
+    for match in _BINOM.finditer(text):
+        top, end = _macro_argument(text, match.end())
+        pairs.append((top, _macro_argument(text, end)[0]))
+    for match in _CHOOSE.finditer(text):
+        start, end = _enclosing_group(text, match.start(), match.end())
+        pairs.append((text[start : match.start()], text[match.end() : end]))
+    return pairs
+
+
+def binomial_digits(n: int, k: int) -> float:
+    """About how many digits C(n, k) has (sympy's value for a negative n included), without computing it."""
+    if n < 0:
+        n = k - n - 1  # |C(-m, k)| = C(m + k - 1, k)
+    if k < 0 or k > n:
+        return 1.0
+    k = min(k, n - k)
+    if k == 0:
+        return 1.0
+    if n > 2**53:  # beyond float precision: C(n, k) < n^k
+        return k * math.log10(n) + 1
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(10) + 1
+
+
+def _macro_argument(text: str, i: int) -> tuple[str, int]:
+    """The argument of a LaTeX macro that starts at `i` (a brace group's content or one character), and
+    where it ends."""
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i == len(text) or text[i] != "{":
+        return text[i : i + 1], i + 1
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j], j + 1
+    return text[i + 1 :], len(text)
+
+
+def _enclosing_group(text: str, start: int, end: int) -> tuple[int, int]:
+    """Bounds of the content of the brace group around text[start:end] (the whole text when there is none)."""
+    depth, left = 0, 0
+    for i in range(start - 1, -1, -1):
+        depth += {"}": 1, "{": -1}.get(text[i], 0)
+        if depth < 0:
+            left = i + 1
+            break
+    depth, right = 0, len(text)
+    for i in range(end, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth < 0:
+            right = i
+            break
+    return left, right

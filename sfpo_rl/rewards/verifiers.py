@@ -16,14 +16,27 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from sfpo_rl.rewards.answer import as_fraction, is_no_answer, last_boxed, last_number
+from sfpo_rl.rewards.answer import (
+    as_fraction,
+    drop_invisible,
+    is_no_answer,
+    last_boxed,
+    last_number,
+    leading_number,
+)
 from sfpo_rl.rewards.math_answer import (
     MAX_CHARS,
     MAX_DEPTH,
+    MAX_DIGITS,
+    binomial_arguments,
+    binomial_digits,
     has_equation,
+    hides_a_value,
     normalize,
+    orient_equations,
     too_complex,
     too_large,
+    unevaluated,
     unnamed_equation,
 )
 from sfpo_rl.rewards.registry import register_verifier
@@ -53,18 +66,44 @@ def _boxed_first_config() -> list:
 
 
 def _parse_boxed(content: str) -> list:
+    """math-verify's reading of a box. `first_match`: a box it cannot read as a whole is left as text; by
+    default it would go on to read the last piece it can (`7 \\to 5`, `5 \\vee 7`, `x^2 - 5x + 6 \\implies 0`
+    would be 5, 7 and 0)."""
     from math_verify import parse
 
-    return parse("\\boxed{" + content + "}", extraction_config=_boxed_first_config(), parsing_timeout=None)
+    return parse(
+        "\\boxed{" + content + "}",
+        extraction_config=_boxed_first_config(),
+        extraction_mode="first_match",
+        parsing_timeout=None,
+    )
 
 
 def _parse_within_limits(answer: str, max_chars: int, max_depth: int) -> list:
     """math-verify's reading of a normalized answer; [] (compare as text) when it is too long, nested too
-    deep or holds a number too large to compare exactly."""
-    if too_complex(answer, max_chars, max_depth):
+    deep, would lose a value to the unit rule, holds a number too large to compare exactly or an unevaluated
+    integral, sum, product or limit (see `sfpo_rl.rewards.math_answer`)."""
+    if too_complex(answer, max_chars, max_depth) or hides_a_value(answer) or unevaluated(answer):
+        return []
+    if any(_binomial_too_large(n, k, max_chars, max_depth) for n, k in binomial_arguments(answer)):
         return []
     parsed = _parse_boxed(answer)
-    return [] if any(too_large(p) for p in parsed) else parsed
+    if any(too_large(p) or unevaluated(p) for p in parsed):
+        return []
+    return [orient_equations(p) for p in parsed]
+
+
+def _binomial_too_large(n: str, k: str, max_chars: int, max_depth: int) -> bool:
+    """Whether C(n, k), written with these arguments, has more than MAX_DIGITS digits; False when n or k is
+    not a known integer (sympy then keeps the binomial as it is written)."""
+    values = []
+    for argument in (n, k):
+        parsed = _parse_within_limits(argument, max_chars, max_depth) if argument.strip() else []
+        value = parsed[0] if parsed else None
+        if not (getattr(value, "is_number", False) and value.is_integer):
+            return False
+        values.append(int(value))
+    return binomial_digits(*values) > MAX_DIGITS
 
 
 @lru_cache(maxsize=8192)
@@ -75,9 +114,10 @@ def _parse_gold(gold: str, max_chars: int, max_depth: int) -> tuple:
 
 def reference_text(ground_truth: Any) -> str:
     """The ground truth as text; None or blank is an error: nothing must be able to match a missing answer."""
-    if ground_truth is None or not str(ground_truth).strip():
+    text = "" if ground_truth is None else drop_invisible(str(ground_truth)).strip()
+    if not text:
         raise ValueError(f"no ground truth to compare with (got {ground_truth!r})")
-    return str(ground_truth).strip()
+    return text
 
 
 def _same_answer(gold: tuple, pred: list) -> bool:
@@ -129,11 +169,11 @@ def math_score(
     than `max_answer_depth` brackets or holding huge numbers are compared as text instead (fast; right only
     when written like the ground truth)."""
     reference = reference_text(ground_truth)
-    answer = last_boxed(solution_str)
+    answer = last_boxed(drop_invisible(solution_str))
     if answer is None or is_no_answer(answer):
         return _result(False, False, correct_score, format_score)
-    answer = normalize(answer)
-    gold_text = normalize(_gold_answer(reference))
+    answer = _normalize_short(answer, max_answer_chars)
+    gold_text = _normalize_short(_gold_answer(reference), max_answer_chars)
     gold = _parse_gold(gold_text, max_answer_chars, max_answer_depth)
     pred = _parse_within_limits(answer, max_answer_chars, max_answer_depth)
     if gold and pred:
@@ -143,17 +183,42 @@ def math_score(
     return _result(correct, True, correct_score, format_score)
 
 
+def _normalize_short(text: str, max_chars: int) -> str:
+    """A text longer than `max_chars` is compared as written: it will not be parsed, and cleaning it up first
+    would cost more than comparing it (some of the clean-up is quadratic in the length)."""
+    return normalize(text) if len(text) <= max_chars else text
+
+
 def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
+# A second number joined to the first by an operator, a dash or "to" / "or": a range, a hedge or a sum.
+_JOINED_NUMBER = re.compile(r"\s*(?:[-+*/×÷^\u2013\u2014]|\(?\s*(?:to|or)\b)\s*\$?\s*[-.\d]")
+
+
+def final_number(text: str) -> str | None:
+    """The number a final answer starts with: "18 (that is 3 per day)" is 18. When a second number is joined
+    to it ("5-7", "18 or 19", "2 + 3") it is a range, a hedge or an expression: the result after its last "="
+    when it has one ("2 + 3 = 5" is 5), else the text itself, which no number equals."""
+    found = leading_number(text)
+    if found is None:
+        return None
+    number, rest = found
+    if not _JOINED_NUMBER.match(rest):
+        return number
+    return final_number(text.rsplit("=", 1)[1]) if "=" in text else text.strip()
+
+
 def gsm8k_answer(solution_str: str) -> str | None:
-    """The number after the last "####", else in the last \\boxed{}, else the last number in the text."""
+    """The final number (`final_number`) of the line after the last "####", else of the last \\boxed{}, else
+    the last number in the text."""
+    solution_str = drop_invisible(solution_str)
     if "####" in solution_str:
-        return last_number(solution_str.rsplit("####", 1)[1].split("\n", 1)[0])
+        return final_number(solution_str.rsplit("####", 1)[1].split("\n", 1)[0])
     boxed = last_boxed(solution_str)
     if boxed is not None:
-        return last_number(boxed)
+        return final_number(boxed)
     return last_number(solution_str)
 
 
@@ -196,7 +261,7 @@ def arith_score(
 ) -> dict[str, Any]:
     """The built-in task: the last \\boxed{} must hold exactly the integer answer."""
     expected = int(reference_text(ground_truth))
-    answer = last_boxed(solution_str)
+    answer = last_boxed(drop_invisible(solution_str))
     answered = answer is not None and not is_no_answer(answer)
     correct = answered and re.fullmatch(r"-?\d+", answer) is not None and int(answer) == expected
     return _result(correct, answered, correct_score, format_score)

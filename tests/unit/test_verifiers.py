@@ -163,6 +163,48 @@ def test_math_accepts_an_equation_that_names_the_answer(answer, ground_truth):
 @pytest.mark.parametrize(
     ("answer", "ground_truth"),
     [
+        ("x^2-5x+6 \\to 0", "0"),  # any relation math-verify cannot read used to leave only its right side
+        ("x^2-5x+6 \\implies 0", "0"),
+        ("x^2-5x+6 \\Rightarrow 0", "0"),
+        ("x^2-5x+6 \\mapsto 0", "0"),
+        ("x^2-5x+6 \\sim 0", "0"),
+        ("x^2-5x+6 := 0", "0"),
+        ("7 \\to 5", "5"),
+    ],
+)
+def test_math_relations_are_not_read_as_their_right_side(answer, ground_truth):
+    assert math_score(f"\\boxed{{{answer}}}", ground_truth) == {"score": 0.1, "acc": False}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["5 \\vee 7", "5 \\\\ 7", "5 \\text{ (or possibly } 7 \\text{)}"],
+    ids=["vee", "newline", "text"],
+)
+@pytest.mark.parametrize("ground_truth", ["5", "7"])
+def test_math_a_hedge_between_two_answers_is_wrong(answer, ground_truth):
+    assert math_score(f"\\boxed{{{answer}}}", ground_truth) == {"score": 0.1, "acc": False}
+
+
+@pytest.mark.parametrize(
+    ("answer", "ground_truth"),
+    [
+        ("50\\%", "50"),
+        ("50", "50\\%"),
+        ("50\\%", "50\\%"),
+        ("5 = x", "5"),  # the name on the right, as in x = 5
+        ("x := 5", "5"),
+        ("5\u200b", "5"),  # a zero-width space
+        ("\u200b5", "5"),
+    ],
+)
+def test_math_accepts_percentages_reversed_equations_and_invisible_characters(answer, ground_truth):
+    assert math_score(f"\\boxed{{{answer}}}", ground_truth) == {"score": 1.0, "acc": True}
+
+
+@pytest.mark.parametrize(
+    ("answer", "ground_truth"),
+    [
         ("70{,}000", "70000"),
         ("1\\,234", "1234"),
         ("104.", "104"),  # a sentence's full stop inside the box
@@ -265,6 +307,55 @@ def test_a_pathological_sample_does_not_hold_a_verifier_for_the_whole_limit():
     assert [o.score for o in outcomes] == [0.1, 1.0, 0.1, 1.0]
 
 
+# Long answers whose clean-up was quadratic (seconds to minutes) and short ones that math-verify evaluated for
+# seconds or that overflowed Python's 4300-digit int-to-text limit: each must score well inside a time limit.
+SLOW_TO_CLEAN = {
+    "sqrt( over 64 KB": "sqrt(x)" * 9400,
+    "nested sqrt( over 64 KB": "sqrt(" * 6600 + "1" + ")" * 6600,
+    "nested \\text{ over 140 KB": "\\text{" * 12000 + "5" + "}" * 12000,
+}
+SLOW_TO_EVALUATE = {
+    "definite integral": "\\int_0^1 x^{1000}e^x dx",
+    "indefinite integral": "\\int x^{50}\\sin x\\,dx",
+    "product to a million": "\\prod_{k=1}^{10^6} k",
+    "binomial of 30,000 digits": "\\binom{100000}{50000}",
+    "binomial as \\choose": "{100000 \\choose 50000}",
+    "binomial of a power": "\\binom{2^{17}}{2^{16}}",
+}
+
+
+@pytest.mark.parametrize(
+    "answer", [*SLOW_TO_CLEAN.values(), *SLOW_TO_EVALUATE.values()], ids=[*SLOW_TO_CLEAN, *SLOW_TO_EVALUATE]
+)
+def test_slow_answers_are_scored_well_inside_the_time_limit(answer):
+    outcome = score_with_timeout(math_score, f"so \\boxed{{{answer}}}", "5", timeout_s=2.0)
+    assert (outcome.status, outcome.score, outcome.acc) == (OK, 0.1, False), outcome.detail
+    # Written exactly as the ground truth, it is right.
+    assert score_with_timeout(math_score, f"\\boxed{{{answer}}}", answer, timeout_s=2.0).acc
+
+
+@pytest.mark.parametrize(
+    ("answer", "ground_truth"),
+    [
+        ("\\int_0^1 x^2 dx", "\\frac13"),  # restating what was to be computed is not computing it
+        ("\\sum_{k=1}^{10} k", "55"),
+        ("\\prod_{k=1}^{5} k", "120"),
+        ("\\lim_{x \\to 0} \\frac{\\sin x}{x}", "1"),
+        ("\\frac{d}{dx} x^2", "2x"),
+    ],
+)
+def test_an_unevaluated_integral_sum_product_or_limit_is_not_its_value(answer, ground_truth):
+    assert math_score(f"\\boxed{{{answer}}}", ground_truth) == {"score": 0.1, "acc": False}
+
+
+@pytest.mark.parametrize(
+    ("answer", "ground_truth"),
+    [("\\binom{10}{5}", "252"), ("\\binom{1000000}{2}", "499999500000"), ("{6 \\choose 3}", "20")],
+)
+def test_ordinary_binomials_are_still_compared_by_value(answer, ground_truth):
+    assert math_score(f"\\boxed{{{answer}}}", ground_truth)["acc"]
+
+
 @pytest.mark.parametrize("verifier", [math_score, gsm8k_score, arith_score])
 @pytest.mark.parametrize("ground_truth", [None, "", "  "])
 def test_a_missing_ground_truth_is_an_error_not_a_match(verifier, ground_truth):
@@ -297,6 +388,18 @@ def test_a_missing_ground_truth_is_an_error_not_a_match(verifier, ground_truth):
         ("So she earns \\boxed{70{,}000} dollars.", "70000", True),  # read as 000 before
         ("In all 1\\,234 apples.", "1234", True),
         ("#### 1,\\!234", "1234", True),
+        ("#### 18 (that is 3 per day)", "18", True),  # the number the line starts with
+        ("#### \u22125", "5", False),  # a typographic minus sign: -5
+        ("#### \u22125", "-5", True),
+        ("#### 5e3", "3", False),  # 5000
+        ("#### 5e3", "5000", True),
+        ("#### 5-7", "-7", False),  # a range (or 5 - 7): not the number -7
+        ("#### 5-7", "5", False),
+        ("#### 18 or 19", "18", False),
+        ("#### 18\u200b", "18", True),
+        ("#### 2 + 3 = 5", "5", True),  # an expression: its result
+        ("so \\boxed{5-7}", "7", False),  # a box is read like the "####" line
+        ("so \\boxed{x_1 = 18}", "18", True),
     ],
 )
 def test_gsm8k(response, ground_truth, correct):
