@@ -36,10 +36,10 @@ from sfpo_rl.workers.reference import ReferenceWorker
 from sfpo_rl.workers.reward import RewardWorker
 from sfpo_rl.workers.rollout import RolloutWorker
 from sfpo_rl.workers.update_result import UpdateResult
+from sfpo_rl.workers.weight_sync import ColocatedSync, SplitSync, WeightSync
 
 WORKERS_FILE = "workers.json"
 GENERATION, TRAINING = "generation", "training"
-SYNC_TOTALS = ("load_weights_s", "load_weights_mb", "load_weights_tensors")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class WorkerGroups:
     build: Callable[[str], RayWorkerGroup] | None = None  # a fresh group for a role (see `restart`)
     colocated: bool = False  # rollout (and ref) share the actor's processes
     sync_bucket_mb: float = 512.0
-    sync_dtype: str | None = None  # the engines' dtype; None: as the actor holds the weights
+    sync_dtype: str | None = None  # the engines' dtype; None or "auto": as the actor holds the weights
     sync_adapter: bool = False  # a LoRA actor's adapter alone goes to the (split) engines
     _phase: str | None = field(default=None, repr=False)
 
@@ -77,30 +77,15 @@ class WorkerGroups:
         self.to_generation()
         return self.rollout.generate(prompts, **kwargs)
 
+    @property
+    def weight_sync(self) -> WeightSync:
+        if self.colocated:
+            return ColocatedSync()
+        return SplitSync(self.sync_bucket_mb, self.sync_dtype, self.sync_adapter)
+
     def sync_weights(self) -> dict[str, float]:
         """Stream the actor's weights into every engine, one bucket of whole layers at a time."""
-        if self.colocated:
-            stats = self.rollout.sync_weights()[0]  # every rank loads its own engine; rank 0's figures
-        else:
-            stats = self._send_buckets()
-        stats["load_weights_mb_per_s"] = stats["load_weights_mb"] / max(stats["load_weights_s"], 1e-9)
-        return {f"sync/{k}": v for k, v in stats.items()}
-
-    def _send_buckets(self) -> dict[str, float]:
-        """Split placement: bucket i goes from actor rank 0 to the engines through the object store (never
-        the driver) and is loaded before bucket i + 1 is gathered."""
-        totals = dict.fromkeys(SYNC_TOTALS, 0.0)
-        index, count = 0, 1
-        while index < count:
-            bucket = self.actor.weight_bucket.future(
-                index, self.sync_bucket_mb, self.sync_dtype, self.sync_adapter
-            )
-            stats = self.rollout.load_bucket(bucket.rank0_ref())[0]
-            bucket.get()  # surfaces an actor-side failure by name
-            for key in SYNC_TOTALS:
-                totals[key] += stats[key]
-            index, count = index + 1, int(stats["buckets"])
-        return {**totals, "buckets": float(count)}
+        return self.weight_sync(self.actor, self.rollout)
 
     def update_actor(self, batch: Batch, plan: StepPlan) -> UpdateResult:
         """One SFPO or plain update, as `plan` says; every rank returns the same reduced result."""
@@ -200,7 +185,7 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
         build=build,
         colocated=res.colocated,
         sync_bucket_mb=config.rollout.sync_bucket_mb,
-        sync_dtype=None if config.rollout.dtype == "auto" else config.rollout.dtype,
+        sync_dtype=config.rollout.dtype,
     )
 
 
