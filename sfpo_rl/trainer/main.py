@@ -27,15 +27,15 @@ from sfpo_rl.data.io import DataError
 from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
 from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
 from sfpo_rl.trainer.learning_curve import plot_learning_curve
-from sfpo_rl.trainer.run_dir import LOGS, PROVENANCE, SUMMARY, RunFinished, clear_earlier_run, start_point
+from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.trainer.setup import CONFIG_DIR, check_model_options, prepare_model_and_data, start_ray
+from sfpo_rl.trainer.start_point import RunFinished, clear_earlier_run, start_point
 from sfpo_rl.utils.provenance import append_launch, launch_record
 
 logger = logging.getLogger("sfpo_rl")
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_STOPPED = 3
-FAILURE_REPORT = "failure.txt"
 
 
 class RunStopped(RuntimeError):
@@ -47,6 +47,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     config = to_run_config(cfg)
     check_model_options(config)
     run_dir = Path(config.trainer.run_dir)
+    files = RunDir(run_dir)
     try:
         resume_from = start_point(config.trainer)
     except RunFinished as finished:
@@ -55,17 +56,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return finished.summary
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(resolved)
-    (run_dir / FAILURE_REPORT).unlink(missing_ok=True)  # a report describes the latest attempt only
+    files.config.write_text(resolved)
+    files.failure_report.unlink(missing_ok=True)  # a report describes the latest attempt only
     model_path, loader, val_batch = prepare_model_and_data(config)
     if resume_from is None:
         clear_earlier_run(run_dir)
-    append_launch(run_dir / PROVENANCE, launch_record(resolved, model_path))
+    append_launch(files.provenance, launch_record(resolved, model_path))
     summary = train(config, model_path, loader, val_batch, resume_from)
     curve_png = plot_learning_curve(run_dir, title=run_dir.name)
     if curve_png is not None:
         summary["learning_curve"] = str(curve_png)
-    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    files.summary.write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     return summary
 
@@ -79,6 +80,7 @@ def train(
     from sfpo_rl.trainer.workers import build_worker_groups
 
     run_dir = Path(config.trainer.run_dir)
+    files = RunDir(run_dir)
     start_ray(config)
     start = time.perf_counter()
     groups = None
@@ -93,11 +95,11 @@ def train(
         )
         summary = RLTrainer(config, groups, loader, val_batch, resume_from).fit()
         if not config.trainer.verbose:
-            summary["logs"] = str(run_dir / LOGS)
+            summary["logs"] = str(files.logs)
         if config.trainer.export_hf:
-            adapter = str(run_dir / "final_adapter") if config.actor.lora.enabled else None
-            groups.actor.export_hf(str(run_dir / "final_model"), adapter)
-            summary["final_model"] = str(run_dir / "final_model")
+            adapter = str(files.final_adapter) if config.actor.lora.enabled else None
+            groups.actor.export_hf(str(files.final_model), adapter)
+            summary["final_model"] = str(files.final_model)
             if adapter is not None:
                 summary["final_adapter"] = adapter
     except (WorkerError, TrainingHalted) as exc:
@@ -113,7 +115,8 @@ def stop_report(run_dir: Path, exc: Exception) -> str:
     whole text, worker traceback included, is written to run_dir/failure.txt; the returned message omits it."""
     notes = getattr(exc, "__notes__", [])
     full = "\n".join([str(exc), *notes])
-    (run_dir / FAILURE_REPORT).write_text(full + "\n")
+    files = RunDir(run_dir)
+    files.failure_report.write_text(full + "\n")
     headline = str(exc).split("\n--- worker traceback")[0]
     checkpoints = CheckpointManager(run_dir).committed()
     resume = (
@@ -121,10 +124,9 @@ def stop_report(run_dir: Path, exc: Exception) -> str:
         if checkpoints
         else "no checkpoint was written yet (see trainer.save_every)"
     )
-    logs = run_dir / LOGS
     return "\n".join(
-        [f"the run stopped: {headline}", *notes, resume, f"full report: {run_dir / FAILURE_REPORT}"]
-        + ([f"worker output: {logs}"] if logs.is_dir() else [])
+        [f"the run stopped: {headline}", *notes, resume, f"full report: {files.failure_report}"]
+        + ([f"worker output: {files.logs}"] if files.logs.is_dir() else [])
     )
 
 
@@ -134,7 +136,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     def acc(key: str) -> str:
         return "n/a" if summary[key] is None else f"{100 * summary[key]:.1f}%"
 
-    run_dir = Path(summary["run_dir"])
+    files = RunDir(summary["run_dir"])
     switched = summary["sfpo_switched_off_after"]
     lines = [
         f"[sfpo_rl] done: {summary['steps']} steps, {summary['rollouts']} rollouts, "
@@ -144,7 +146,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         if summary["val_history"]
         else "[sfpo_rl] validation: off (trainer.val_every=0 and trainer.val_before_train=false)",
         f"[sfpo_rl] SFPO switched off after step {switched}" if switched is not None else "",
-        f"[sfpo_rl] run dir {run_dir}: metrics {run_dir / 'metrics.jsonl'}, summary {run_dir / SUMMARY}",
+        f"[sfpo_rl] run dir {files.path}: metrics {files.metrics}, summary {files.summary}",
         f"[sfpo_rl] exported model: {summary['final_model']}" if "final_model" in summary else "",
         f"[sfpo_rl] exported LoRA adapter (PEFT): {summary['final_adapter']}"
         if "final_adapter" in summary

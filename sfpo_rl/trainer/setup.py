@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sfpo_rl.trainer.config import ConfigError, RunConfig
-from sfpo_rl.trainer.run_dir import LOGS
+from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, output_to
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
@@ -161,12 +161,12 @@ def start_ray(config: RunConfig) -> None:
     from sfpo_rl.controller import init_ray
 
     ray_cfg, verbose = config.ray, config.trainer.verbose
-    logs = Path(config.trainer.run_dir) / LOGS
+    files = RunDir(config.trainer.run_dir)
     env_vars = dict(ray_cfg.env_vars)
     if not verbose:
-        env_vars[WORKER_LOG_DIR_ENV] = str(logs.resolve())
+        env_vars[WORKER_LOG_DIR_ENV] = str(files.logs.resolve())
     elif not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in forwarded lines written to a file
     options = dict(address=ray_cfg.address, num_cpus=ray_cfg.num_cpus, namespace=ray_cfg.namespace)
-    with contextlib.nullcontext() if verbose else output_to(logs / "driver.log"):
+    with contextlib.nullcontext() if verbose else output_to(files.driver_log):
         init_ray(**options, env_vars=env_vars, log_to_driver=verbose)

@@ -30,6 +30,7 @@ from sfpo_rl.algorithms.sfpo import StepPlan
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.config import RunConfig
+from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.workers.actor_worker import ActorWorker
 from sfpo_rl.workers.colocated import ColocatedRolloutWorker
 from sfpo_rl.workers.reference import ReferenceWorker
@@ -38,7 +39,6 @@ from sfpo_rl.workers.rollout import RolloutWorker
 from sfpo_rl.workers.update_result import UpdateResult
 from sfpo_rl.workers.weight_sync import ColocatedSync, SplitSync, WeightSync
 
-WORKERS_FILE = "workers.json"
 GENERATION, TRAINING = "generation", "training"
 
 
@@ -112,8 +112,8 @@ class WorkerGroups:
     def write_pids(self, run_dir: Path) -> None:
         """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection
         tests); rewritten after a restart. Colocated roles list the same processes."""
-        path = Path(run_dir) / WORKERS_FILE
-        tmp = path.with_name(f".{WORKERS_FILE}.tmp")
+        path = RunDir(run_dir).workers
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps({g.role: g.worker_info for g in self.all()}, indent=1) + "\n")
         os.replace(tmp, path)
 
