@@ -151,7 +151,7 @@ def measure(model_dir: Path, bucket_mb: float, repeats: int) -> dict[str, list[d
     """Repeated syncs on each path (after one warm-up sync per setup)."""
     from sfpo_rl.bench.full_state import FullStateActorWorker, FullStateRolloutWorker
     from sfpo_rl.controller import RayWorkerGroup, ResourcePool
-    from sfpo_rl.trainer.workers import WorkerGroups
+    from sfpo_rl.trainer.worker_groups import WorkerGroups
     from sfpo_rl.workers.actor_worker import ActorWorker
     from sfpo_rl.workers.colocated import ColocatedRolloutWorker
 

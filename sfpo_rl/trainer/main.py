@@ -77,7 +77,7 @@ def train(
     """Start Ray and the worker groups, train, export; the groups are shut down however it ends."""
     from sfpo_rl.controller import WorkerError
     from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainingHalted
-    from sfpo_rl.trainer.workers import build_worker_groups
+    from sfpo_rl.trainer.worker_groups import build_worker_groups
 
     run_dir = Path(config.trainer.run_dir)
     files = RunDir(run_dir)

@@ -43,7 +43,7 @@ from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import SEEDS_PER_STEP, RunConfig
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
-from sfpo_rl.trainer.workers import WorkerGroups
+from sfpo_rl.trainer.worker_groups import WorkerGroups
 from sfpo_rl.workers.reward import reward_metrics
 from sfpo_rl.workers.update_result import UpdateResult
 

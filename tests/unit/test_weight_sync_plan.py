@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sfpo_rl.protocol import Batch
-from sfpo_rl.trainer.workers import WorkerGroups, describe_placement
+from sfpo_rl.trainer.worker_groups import WorkerGroups, describe_placement
 from sfpo_rl.workers.colocated import OptimizerOffload
 from sfpo_rl.workers.rollout import VLLMRollout
 from sfpo_rl.workers.rollout_config import RolloutConfig
