@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sfpo_rl.trainer.run_dir import RunDir
+from sfpo_rl.utils.console import say
 
 MANIFEST = "MANIFEST.json"
 TRAINER_STATE = "trainer_state.json"
@@ -120,7 +121,7 @@ class CheckpointManager:
             try:
                 return path, self.load(path)
             except CheckpointError as e:
-                print(f"[sfpo_rl] skipping checkpoint: {e}", flush=True)
+                say(f"skipping checkpoint: {e}")
         return None
 
     def load(self, path: str | Path) -> dict[str, Any]:

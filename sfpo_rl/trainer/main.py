@@ -30,6 +30,7 @@ from sfpo_rl.trainer.learning_curve import plot_learning_curve
 from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.trainer.setup import CONFIG_DIR, check_model_options, prepare_model_and_data, start_ray
 from sfpo_rl.trainer.start_point import RunFinished, clear_earlier_run, start_point
+from sfpo_rl.utils.console import say
 from sfpo_rl.utils.provenance import append_launch, launch_record
 
 logger = logging.getLogger("sfpo_rl")
@@ -51,7 +52,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         resume_from = start_point(config.trainer)
     except RunFinished as finished:
-        print(f"[sfpo_rl] {finished}", flush=True)
+        say(str(finished))
         print_summary(finished.summary)
         return finished.summary
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,11 +88,10 @@ def train(
     try:
         groups = build_worker_groups(config, model_path)
         groups.write_pids(run_dir)
-        print(
-            f"[sfpo_rl] worker groups ready in {time.perf_counter() - start:.0f} s "
+        say(
+            f"worker groups ready in {time.perf_counter() - start:.0f} s "
             f"(actor {groups.actor.world_size} ranks, rollout {groups.rollout.world_size}, "
             f"reward {groups.reward.world_size}); run dir {run_dir}",
-            flush=True,
         )
         summary = RLTrainer(config, groups, loader, val_batch, resume_from).fit()
         if not config.trainer.verbose:
@@ -139,22 +139,19 @@ def print_summary(summary: dict[str, Any]) -> None:
     files = RunDir(summary["run_dir"])
     switched = summary["sfpo_switched_off_after"]
     lines = [
-        f"[sfpo_rl] done: {summary['steps']} steps, {summary['rollouts']} rollouts, "
-        f"{summary['train_seconds']:.0f} s of training",
-        f"[sfpo_rl] validation accuracy: {acc('val_acc_first')} before -> {acc('val_acc_last')} after "
+        f"done: {summary['steps']} steps, {summary['rollouts']} rollouts, {summary['train_seconds']:.0f} s of training",
+        f"validation accuracy: {acc('val_acc_first')} before -> {acc('val_acc_last')} after "
         f"(best {acc('val_acc_best')})"
         if summary["val_history"]
-        else "[sfpo_rl] validation: off (trainer.val_every=0 and trainer.val_before_train=false)",
-        f"[sfpo_rl] SFPO switched off after step {switched}" if switched is not None else "",
-        f"[sfpo_rl] run dir {files.path}: metrics {files.metrics}, summary {files.summary}",
-        f"[sfpo_rl] exported model: {summary['final_model']}" if "final_model" in summary else "",
-        f"[sfpo_rl] exported LoRA adapter (PEFT): {summary['final_adapter']}"
-        if "final_adapter" in summary
-        else "",
-        f"[sfpo_rl] learning curve: {summary['learning_curve']}" if "learning_curve" in summary else "",
-        f"[sfpo_rl] Ray, vLLM and worker output: {summary['logs']}" if "logs" in summary else "",
+        else "validation: off (trainer.val_every=0 and trainer.val_before_train=false)",
+        f"SFPO switched off after step {switched}" if switched is not None else "",
+        f"run dir {files.path}: metrics {files.metrics}, summary {files.summary}",
+        f"exported model: {summary['final_model']}" if "final_model" in summary else "",
+        f"exported LoRA adapter (PEFT): {summary['final_adapter']}" if "final_adapter" in summary else "",
+        f"learning curve: {summary['learning_curve']}" if "learning_curve" in summary else "",
+        f"Ray, vLLM and worker output: {summary['logs']}" if "logs" in summary else "",
     ]
-    print("\n".join(line for line in lines if line), flush=True)
+    say(*(line for line in lines if line))
 
 
 register_schema()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sfpo_rl.trainer.config import ConfigError, RunConfig
 from sfpo_rl.trainer.run_dir import RunDir
-from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, output_to
+from sfpo_rl.utils.console import WORKER_LOG_DIR_ENV, output_to, say
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
 # The Hydra configs ship inside the package (sfpo_rl/configs is the repository's configs/ directory).
@@ -29,9 +29,9 @@ def resolve_model_and_data(config: RunConfig) -> tuple[str, list[str], list[str]
     from sfpo_rl.tiny.warmstart import ensure_warmstart
 
     start = time.perf_counter()
-    print(f"[sfpo_rl] preparing the built-in tiny model and task in {model.cache_dir} ...", flush=True)
+    say(f"preparing the built-in tiny model and task in {model.cache_dir} ...")
     warm = ensure_warmstart(model.cache_dir, warmstart_config(config))
-    print(f"[sfpo_rl] warm-start model ready: {warm} ({time.perf_counter() - start:.0f} s)", flush=True)
+    say(f"warm-start model ready: {warm} ({time.perf_counter() - start:.0f} s)")
     model_path = model.path or str(warm)
     if data.train_files is not None:
         return model_path, data.train_files, data.val_files
@@ -147,10 +147,9 @@ def build_data(config: RunConfig, tokenizer: Any, train_files: list[str], val_fi
     val_batch["uid"] = [f"val-{i}" for i in range(n_val)]
     # The same seeds at every validation: differences between validations come from the policy alone.
     val_batch["sampling_seed"] = sampling_seeds(n_val, config.rollout.val_n)
-    print(
-        f"[sfpo_rl] data: {len(train)} train prompts ({train.num_filtered} over-long filtered), "
+    say(
+        f"data: {len(train)} train prompts ({train.num_filtered} over-long filtered), "
         f"{n_val} validation prompts",
-        flush=True,
     )
     return loader, val_batch
 

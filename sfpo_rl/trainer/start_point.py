@@ -18,6 +18,7 @@ from typing import Any
 from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import TrainerConfig
 from sfpo_rl.trainer.run_dir import RunDir
+from sfpo_rl.utils.console import say
 from sfpo_rl.utils.options import ConfigError
 
 
@@ -90,4 +91,4 @@ def clear_earlier_run(run_dir: Path) -> None:
         elif path != metrics:
             path.unlink()
     names = ", ".join(p.name for p in gone)
-    print(f"[sfpo_rl] starting at step 1 in {run_dir}: replacing the earlier run's {names}", flush=True)
+    say(f"starting at step 1 in {run_dir}: replacing the earlier run's {names}")

@@ -31,6 +31,7 @@ from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.config import RunConfig
 from sfpo_rl.trainer.run_dir import RunDir
+from sfpo_rl.utils.console import say
 from sfpo_rl.workers.actor_worker import ActorWorker
 from sfpo_rl.workers.colocated import ColocatedRolloutWorker
 from sfpo_rl.workers.reference import ReferenceWorker
@@ -171,12 +172,12 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
             jobs[role] = lambda role=role: {role: build(role)}
     groups = _start_concurrently(jobs)
     for line in describe_placement(list(groups.values())):
-        print(f"[sfpo_rl] placement: {line}", flush=True)
+        say(f"placement: {line}")
     lora = config.actor.lora
     fallback = groups["rollout"].lora_fallback()[0] if lora.enabled else None
     if lora.enabled:
         serving = f"merged full weights ({fallback})" if fallback else "the adapter alone"
-        print(f"[sfpo_rl] LoRA rank {lora.rank}: every weight sync sends {serving}", flush=True)
+        say(f"LoRA rank {lora.rank}: every weight sync sends {serving}")
     if lora.enabled and config.uses_ref:
         groups["ref"] = groups["actor"]  # the reference policy: the actor with its adapter off
     return WorkerGroups(
