@@ -80,6 +80,7 @@ class WorkerGroups:
 
     @property
     def weight_sync(self) -> WeightSync:
+        """This placement's way of moving the weights (sfpo_rl.workers.weight_sync)."""
         if self.colocated:
             return ColocatedSync()
         return SplitSync(self.sync_bucket_mb, self.sync_dtype, self.sync_adapter)
