@@ -11,7 +11,7 @@ LRS=("${@:2}")
 mkdir -p "$RUNS"
 # The warm-start once, before two runs would both build it.
 .venv/bin/python -c "from sfpo_rl.bench.single_process import compose
-from sfpo_rl.trainer.main import resolve_model_and_data
+from sfpo_rl.trainer.setup import resolve_model_and_data
 resolve_model_and_data(compose([]))"
 one() {  # arm lr overrides...
   local dir="$RUNS/${1}_lr${2}_seed0" lr=$2

@@ -89,7 +89,7 @@ def _actor_job(rank: int, model_dir: str, batch, configs: dict, k: int, repeats:
 def _sync(model_dir: Path, lora: dict | None, bucket_mb: float, repeats: int) -> list[dict[str, float]]:
     """Syncs on split worker groups (one warm-up first): each one's seconds and the engine's load stats."""
     from sfpo_rl.controller import RayWorkerGroup, ResourcePool
-    from sfpo_rl.trainer.workers import WorkerGroups
+    from sfpo_rl.trainer.worker_groups import WorkerGroups
     from sfpo_rl.workers.actor_worker import ActorWorker
     from sfpo_rl.workers.rollout import RolloutWorker
 

@@ -32,7 +32,7 @@ def compose(overrides: list[str]) -> RunConfig:
     from hydra import initialize_config_dir
 
     from sfpo_rl.trainer.config import register_schema, to_run_config
-    from sfpo_rl.trainer.main import CONFIG_DIR
+    from sfpo_rl.trainer.setup import CONFIG_DIR
 
     register_schema()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -75,7 +75,7 @@ def train(config: RunConfig, run_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sfpo_rl.rewards.scoring import RewardScorer, token_level_scores
-    from sfpo_rl.trainer.main import build_data, resolve_model_and_data
+    from sfpo_rl.trainer.setup import build_data, resolve_model_and_data
 
     model_path, train_files, val_files = resolve_model_and_data(config)
     tokenizer = AutoTokenizer.from_pretrained(model_path)

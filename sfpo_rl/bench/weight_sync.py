@@ -149,11 +149,11 @@ def process_labels(groups) -> dict[str, int]:
 
 def measure(model_dir: Path, bucket_mb: float, repeats: int) -> dict[str, list[dict[str, Any]]]:
     """Repeated syncs on each path (after one warm-up sync per setup)."""
+    from sfpo_rl.bench.full_state import FullStateActorWorker, FullStateRolloutWorker
     from sfpo_rl.controller import RayWorkerGroup, ResourcePool
-    from sfpo_rl.trainer.workers import WorkerGroups
+    from sfpo_rl.trainer.worker_groups import WorkerGroups
     from sfpo_rl.workers.actor_worker import ActorWorker
     from sfpo_rl.workers.colocated import ColocatedRolloutWorker
-    from sfpo_rl.workers.rollout import RolloutWorker
 
     rollout_cfg = {**ROLLOUT, "sync_bucket_mb": bucket_mb}
     runs: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
@@ -172,9 +172,15 @@ def measure(model_dir: Path, bucket_mb: float, repeats: int) -> dict[str, list[d
         groups.shutdown()
 
     groups = WorkerGroups(
-        actor=RayWorkerGroup(ResourcePool([2], name="bench-actor"), ActorWorker, "actor", str(model_dir), {}),
+        actor=RayWorkerGroup(
+            ResourcePool([2], name="bench-actor"), FullStateActorWorker, "actor", str(model_dir), {}
+        ),
         rollout=RayWorkerGroup(
-            ResourcePool([1], name="bench-rollout"), RolloutWorker, "rollout", str(model_dir), rollout_cfg
+            ResourcePool([1], name="bench-rollout"),
+            FullStateRolloutWorker,
+            "rollout",
+            str(model_dir),
+            rollout_cfg,
         ),
         reward=None,
         sync_bucket_mb=bucket_mb,

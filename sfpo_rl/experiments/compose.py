@@ -21,7 +21,7 @@ def resolved_config(overrides: list[str], config_dir: str | None = None) -> str:
     from omegaconf.errors import OmegaConfBaseException
 
     from sfpo_rl.trainer.config import register_schema, to_run_config
-    from sfpo_rl.trainer.main import CONFIG_DIR
+    from sfpo_rl.trainer.setup import CONFIG_DIR
 
     register_schema()
     try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sfpo_rl.experiments.study import run_name
 from sfpo_rl.trainer.learning_curve import Curve, load_curve
-from sfpo_rl.trainer.run_dir import METRICS, PROVENANCE, SUMMARY
+from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.trainer.tracking import read_jsonl
 from sfpo_rl.utils.provenance import read_launches
 
@@ -74,16 +74,17 @@ def read_run(
 ) -> RunRecord | None:
     """The run in `run_dir` if it is done (finished, or stopped for non-finite training), with the values of
     `step_metrics` at every training step; None otherwise."""
-    summary = run_dir / SUMMARY
+    files = RunDir(run_dir)
+    summary = files.summary
     halted = _halted_steps(run_dir) if not summary.is_file() else None
     if not summary.is_file() and halted is None:
         return None
     curve = load_curve(run_dir, step_metrics)
     if halted is not None:
         _continue_at_zero(curve, halted)
-    launches = read_launches(run_dir / PROVENANCE)
-    loads = [r["perf/load_avg_1m"] for r in read_jsonl(run_dir / METRICS) if "perf/load_avg_1m" in r]
-    end = max(p.stat().st_mtime for p in (summary, run_dir / METRICS) if p.is_file())
+    launches = read_launches(files.provenance)
+    loads = [r["perf/load_avg_1m"] for r in read_jsonl(files.metrics) if "perf/load_avg_1m" in r]
+    end = max(p.stat().st_mtime for p in (summary, files.metrics) if p.is_file())
     start = _epoch(launches[0].get("started_at")) if launches else None
     return RunRecord(
         arm,
@@ -100,7 +101,8 @@ def read_run(
 def _halted_steps(run_dir: Path) -> list[int] | None:
     """The validation steps the run had planned when the trainer stopped it for non-finite training; None when
     it did not (still running, killed, failed otherwise)."""
-    config_file, metrics = run_dir / "config.yaml", run_dir / METRICS
+    files = RunDir(run_dir)
+    config_file, metrics = files.config, files.metrics
     if not (config_file.is_file() and metrics.is_file()):
         return None
     from omegaconf import OmegaConf

@@ -55,6 +55,7 @@ from sfpo_rl.experiments.study import (
     load_study,
     plan,
 )
+from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.utils.provenance import git_state
 
 EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -82,7 +83,7 @@ class Trainers:
             f"trainer.run_dir={run_dir}", "trainer.logger=[console]", "trainer.export_hf=false",
             *run.overrides(study),
         ]  # fmt: skip
-        with open(run_dir / "train.log", "a") as out:
+        with open(RunDir(run_dir).train_log, "a") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
             with self.lock:
                 self.active.add(proc)
@@ -136,7 +137,7 @@ def run_study(
             return
         run_dir = runs_dir / run.name
         run_dir.mkdir(parents=True, exist_ok=True)
-        log(f"start {run.name} (log {run_dir / 'train.log'})")
+        log(f"start {run.name} (log {RunDir(run_dir).train_log})")
         active[pool.submit(train, run, run_dir, study)] = (run, time.monotonic())
 
     # Not `with`: on Ctrl-C the caller stops the trainers first, and the pool must not wait for them before that.
@@ -153,7 +154,7 @@ def run_study(
                 if record is None:
                     failed.append(run.name)
                     log(
-                        f"FAILED {run.name} (exit {code}) after {minutes:.1f} min; see {runs_dir / run.name / 'train.log'}; the other runs go on"
+                        f"FAILED {run.name} (exit {code}) after {minutes:.1f} min; see {RunDir(runs_dir / run.name).train_log}; the other runs go on"
                     )
                 else:
                     finished += 1

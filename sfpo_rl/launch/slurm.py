@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from sfpo_rl.utils.console import marked
+
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -103,7 +105,7 @@ def wait_for_nodes(
     while True:
         alive = count_alive()
         if alive != last:
-            log(f"[sfpo_rl] {alive}/{expected} Ray nodes alive")
+            log(marked(f"{alive}/{expected} Ray nodes alive"))
             last = alive
         if alive >= expected:
             return alive

@@ -33,6 +33,7 @@ import torch
 from sfpo_rl.data import arith
 from sfpo_rl.data.dataset import format_prompt, load_records
 from sfpo_rl.tiny import model as tiny_model
+from sfpo_rl.utils.console import say
 from sfpo_rl.utils.options import options_from_any
 
 INFO_FILE = "warmstart.json"
@@ -234,10 +235,9 @@ def train_sft(
             scheduler.step()
             losses.append(loss.item())
             if step % max(1, cfg.sft_steps // 10) == 0:  # a few minutes of work: show it moving
-                print(
-                    f"[sfpo_rl] warm-start SFT step {step}/{cfg.sft_steps}: loss {loss.item():.3f} "
+                say(
+                    f"warm-start SFT step {step}/{cfg.sft_steps}: loss {loss.item():.3f} "
                     f"({time.perf_counter() - start:.0f} s)",
-                    flush=True,
                 )
     finally:
         torch.set_num_threads(previous_threads)

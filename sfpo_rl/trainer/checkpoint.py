@@ -18,6 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sfpo_rl.trainer.run_dir import RunDir
+from sfpo_rl.utils.console import say
+
 MANIFEST = "MANIFEST.json"
 TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -45,7 +48,7 @@ def _fsync_dir(path: Path) -> None:
 
 class CheckpointManager:
     def __init__(self, run_dir: str | Path, keep_last: int = 2, verify_checksums: bool = True):
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = RunDir(run_dir).checkpoints
         self.keep_last = keep_last
         self.verify_checksums = verify_checksums
 
@@ -118,7 +121,7 @@ class CheckpointManager:
             try:
                 return path, self.load(path)
             except CheckpointError as e:
-                print(f"[sfpo_rl] skipping checkpoint: {e}", flush=True)
+                say(f"skipping checkpoint: {e}")
         return None
 
     def load(self, path: str | Path) -> dict[str, Any]:

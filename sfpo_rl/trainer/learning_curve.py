@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.trainer.tracking import read_jsonl
-
-FILE_NAME = "learning_curve.png"
 
 PHASES = ("generate", "reward", "old_log_prob", "advantage", "update", "sync")
 
@@ -46,7 +45,7 @@ def load_curve(run_dir: str | Path, step_metrics: Sequence[str] = ()) -> Curve:
     rollouts = seconds = 0.0
     sfpo_was_active = False
     phase_totals = dict.fromkeys(PHASES, 0.0)
-    for row in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+    for row in read_jsonl(RunDir(run_dir).metrics):
         rollouts = row.get("perf/rollouts", rollouts)  # absent on step 0 (validation before training)
         seconds = row.get("perf/train_seconds", seconds)
         if row.get("val/acc") is not None:
@@ -101,7 +100,7 @@ def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path | None:
     ax.legend()
     if title:
         ax.set_title(title)
-    path = run_dir / FILE_NAME
+    path = RunDir(run_dir).learning_curve
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -43,7 +43,8 @@ from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import SEEDS_PER_STEP, RunConfig
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
 from sfpo_rl.trainer.tracking import Tracker
-from sfpo_rl.trainer.workers import WorkerGroups
+from sfpo_rl.trainer.worker_groups import WorkerGroups
+from sfpo_rl.utils.console import say
 from sfpo_rl.workers.reward import reward_metrics
 from sfpo_rl.workers.update_result import UpdateResult
 
@@ -266,10 +267,9 @@ class RLTrainer:
                     raise
                 self.worker_restarts += 1
                 what = "died" if err.died else "hung"
-                print(
-                    f"[sfpo_rl] step {self.step}: {err.role} worker rank {err.rank} {what}; restarting the "
+                say(
+                    f"step {self.step}: {err.role} worker rank {err.rank} {what}; restarting the "
                     f"{err.role} workers and redoing the step's work (restart {self.worker_restarts} of {limit})",
-                    flush=True,
                 )
                 self.groups.restart(err.role)
                 self.groups.write_pids(self.run_dir)
@@ -292,11 +292,10 @@ class RLTrainer:
         progress.nonfinite_in_a_row += 1
         restored = update.sfpo is not None and update.sfpo.restored  # also when the fast weights went NaN
         where = "the SFPO fast trajectory was discarded (slow weights restored); " if restored else ""
-        print(
-            f"[sfpo_rl] step {step}: non-finite loss or gradient: {where}{update.all_skipped_steps} optimizer step(s) "
+        say(
+            f"step {step}: non-finite loss or gradient: {where}{update.all_skipped_steps} optimizer step(s) "
             f"skipped ({progress.nonfinite_in_a_row} step(s) in a row, the run stops at "
             f"trainer.max_consecutive_nonfinite={self.config.trainer.max_consecutive_nonfinite})",
-            flush=True,
         )
 
     def _stop_if_diverged(self) -> None:
@@ -368,7 +367,7 @@ class RLTrainer:
         self.sfpo.load_state_dict(state["sfpo"])
         self.train_loader.load_state_dict(state["train_loader"])
         self.groups.sync_weights()  # the engines start from the base model; give them the resumed policy
-        print(f"[sfpo_rl] resumed from {path} at step {self.step}", flush=True)
+        say(f"resumed from {path} at step {self.step}")
         return self.step
 
     def summary(self) -> dict[str, Any]:

@@ -1,98 +1,77 @@
-"""Where a launch starts, decided from what its run directory holds before any worker starts.
-
-`trainer.resume=auto` (the default) continues the run from its newest intact checkpoint. A finished run (its
-summary.json covers trainer.total_steps) is reported and left alone, and a finished run that saved no checkpoint
-cannot be continued: the launch is refused rather than training again from step 1 into the same directory. A
-run that stopped before its first checkpoint starts over. `never` starts over; a path continues from that
-checkpoint. Starting over replaces the earlier run's metrics, checkpoints, summary, logs and exported model, so no
-step is ever logged twice and no old checkpoint outlives the new run's.
-"""
+"""Every file a run keeps in its directory (`trainer.run_dir`), named in one place."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
-from typing import Any
-
-from sfpo_rl.trainer.checkpoint import CheckpointManager
-from sfpo_rl.trainer.config import TrainerConfig
-from sfpo_rl.utils.options import ConfigError
-
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
-FINAL_MODEL = "final_model"
-CHECKPOINTS = "checkpoints"
-PROVENANCE = "provenance.jsonl"  # one line per launch: commit, config hash, versions, host
-LOGS = "logs"  # third-party output of the driver and of every worker (unless trainer.verbose)
 
 
-class RunFinished(Exception):
-    """The run directory already holds a finished run of at least trainer.total_steps steps."""
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
 
-    def __init__(self, run_dir: Path, summary: dict[str, Any]):
-        self.summary = summary
-        super().__init__(
-            f"{run_dir} holds a finished run of {summary['steps']} steps; nothing to do (raise "
-            "trainer.total_steps to continue it, trainer.resume=never to train it again, or give a new "
-            "trainer.run_dir)"
-        )
+    @property
+    def config(self) -> Path:
+        """The resolved config of the latest launch."""
+        return self.path / "config.yaml"
 
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per logged step."""
+        return self.path / "metrics.jsonl"
 
-def start_point(trainer: TrainerConfig) -> tuple[Path, dict[str, Any]] | None:
-    """The verified checkpoint to continue from, with its trainer state, or None to start at step 1.
+    @property
+    def provenance(self) -> Path:
+        """One line per launch: commit, config hash, versions, host."""
+        return self.path / "provenance.jsonl"
 
-    Raises RunFinished for a finished run, ConfigError for one that cannot be continued, and CheckpointError
-    for a named checkpoint that is damaged or incomplete.
-    """
-    run_dir = Path(trainer.run_dir)
-    checkpoints = CheckpointManager(run_dir, trainer.keep_last, trainer.verify_checksums)
-    if trainer.resume == "never":
-        return None
-    if trainer.resume != "auto":
-        return Path(trainer.resume), checkpoints.load(trainer.resume)
-    summary = finished_run(run_dir)
-    if summary is not None and summary["steps"] >= trainer.total_steps:
-        raise RunFinished(run_dir, summary)
-    latest = checkpoints.latest()
-    if latest is None and summary is not None:
-        raise ConfigError(
-            f"trainer.run_dir={run_dir} holds a finished run of {summary['steps']} steps and no checkpoint to "
-            "continue it from (trainer.save_every=0?); give a new trainer.run_dir, or trainer.resume=never to "
-            "train again from step 1 in this one"
-        )
-    return latest
+    @property
+    def summary(self) -> Path:
+        """Written when the run finishes."""
+        return self.path / "summary.json"
 
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
 
-def finished_run(run_dir: Path) -> dict[str, Any] | None:
-    """The summary a finished run left in `run_dir`, or None."""
-    path = run_dir / SUMMARY
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-        int(summary["steps"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"trainer.run_dir: {path} is unreadable ({exc}); remove it, or give a new trainer.run_dir"
-        ) from None
-    return summary
+    @property
+    def logs(self) -> Path:
+        """Third-party output of the driver and of every worker (unless trainer.verbose)."""
+        return self.path / "logs"
 
+    @property
+    def driver_log(self) -> Path:
+        """The driver's third-party output while Ray starts."""
+        return self.logs / "driver.log"
 
-def clear_earlier_run(run_dir: Path) -> None:
-    """Before a run starts at step 1: remove what an earlier run left (its metrics are replaced as the new
-    run logs), saying what."""
-    earlier = (CHECKPOINTS, SUMMARY, FINAL_MODEL, LOGS, PROVENANCE)
-    gone = [run_dir / name for name in earlier if (run_dir / name).exists()]
-    metrics = run_dir / METRICS
-    if metrics.is_file() and metrics.stat().st_size:
-        gone.append(metrics)
-    if not gone:
-        return
-    for path in gone:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path != metrics:
-            path.unlink()
-    names = ", ".join(p.name for p in gone)
-    print(f"[sfpo_rl] starting at step 1 in {run_dir}: replacing the earlier run's {names}", flush=True)
+    @property
+    def failure_report(self) -> Path:
+        """What stopped the latest attempt, worker traceback included."""
+        return self.path / "failure.txt"
+
+    @property
+    def workers(self) -> Path:
+        """Every worker's role, rank, node and pid."""
+        return self.path / "workers.json"
+
+    @property
+    def final_model(self) -> Path:
+        """The exported HF model (a LoRA adapter merged in)."""
+        return self.path / "final_model"
+
+    @property
+    def final_adapter(self) -> Path:
+        """The exported LoRA adapter (PEFT)."""
+        return self.path / "final_adapter"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.path / "learning_curve.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def train_log(self) -> Path:
+        """A study run's console output (written by the study runner)."""
+        return self.path / "train.log"

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sfpo_rl.trainer.run_dir import RunDir
+
 KNOWN_LOGGERS = ("console", "tensorboard", "wandb", "mlflow")
 
 
@@ -179,14 +181,14 @@ class Tracker:
             raise ValueError(
                 f"trainer.logger: unknown logger(s) {unknown}; choose from {list(KNOWN_LOGGERS)}"
             )
-        run_dir = Path(run_dir)
-        self.metrics_path = run_dir / "metrics.jsonl"
+        files = RunDir(run_dir)
+        self.metrics_path = files.metrics
         self.sinks: list[Any] = [JsonlSink(self.metrics_path, resume_from_step)]
         for name in loggers:
             if name == "console":
                 self.sinks.append(ConsoleSink(total_steps))
             elif name == "tensorboard":
-                self.sinks.append(TensorboardSink(run_dir / "tensorboard"))
+                self.sinks.append(TensorboardSink(files.tensorboard))
             elif name == "wandb":
                 self.sinks.append(WandbSink(project, experiment, config or {}, run_dir))
             elif name == "mlflow":

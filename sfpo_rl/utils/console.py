@@ -42,3 +42,17 @@ def output_to(path: Path) -> Iterator[None]:
         for target, fd in zip((1, 2), saved):
             os.dup2(fd, target)
             os.close(fd)
+
+
+PREFIX = "[sfpo_rl]"  # marks the framework's own lines among Ray's and the workers' forwarded output
+
+
+def marked(text: str) -> str:
+    """`text` as one of the framework's console lines."""
+    return f"{PREFIX} {text}"
+
+
+def say(*lines: str) -> None:
+    """Lines for the person at the console, marked and flushed at once (so they keep their place among the
+    workers' forwarded output)."""
+    print("\n".join(marked(line) for line in lines), flush=True)

@@ -13,9 +13,8 @@ from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
 from sfpo_rl.workers.actor import FSDPActor
 from sfpo_rl.workers.actor_config import ActorConfig
-from sfpo_rl.workers.fsdp_utils import DTYPES
 from sfpo_rl.workers.update_result import UpdateResult
-from sfpo_rl.workers.weight_sync import WeightBucket, adapter_bucket, gather_bucket, weight_plan
+from sfpo_rl.workers.weight_sync import WeightBucket, actor_bucket
 
 
 def join_ranks(worker: Worker) -> None:
@@ -51,22 +50,12 @@ class ActorWorker(Worker):
         return self.actor.sfpo_update(batch, inner_steps, alpha)
 
     @register(Dispatch.ALL)
-    def state_dict_for_rollout(self) -> dict[str, torch.Tensor] | None:
-        return self.actor.state_dict_for_rollout()
-
-    @register(Dispatch.ALL)
     def weight_bucket(
         self, index: int, bucket_mb: float, dtype: str | None = None, adapter: bool = False
     ) -> WeightBucket | None:
-        """Bucket `index` of a streamed weight sync (see weight_sync) in host memory on rank 0, None on the
-        others; `dtype` (e.g. "bfloat16") casts before the gather; `adapter`: a LoRA actor's adapter alone, one
-        bucket. Collective."""
-        cast = DTYPES[dtype] if dtype else None
-        if adapter:
-            bucket = adapter_bucket(self.actor.model, cast)
-            return bucket if self.rank == 0 else None
-        plan = weight_plan(self.actor.model, bucket_mb, cast)
-        bucket = gather_bucket(self.actor.model, plan, index, cast)
+        """Bucket `index` of a split placement's weight sync (`weight_sync.actor_bucket`) in host memory on
+        rank 0, None on the others. Collective."""
+        bucket = actor_bucket(self.actor.model, index, bucket_mb, dtype, adapter)
         return bucket if self.rank == 0 else None
 
     @register(Dispatch.ALL)

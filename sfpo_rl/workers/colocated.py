@@ -3,7 +3,7 @@
 With `resources.placement=colocated` every actor rank's process (one per GPU) also hosts one engine
 (`RayWorkerGroup.colocated`), so no GPU waits while another works: the engines generate, data-parallel, then
 sleep while the actor trains on the same GPUs, and take the new weights straight from the actor's FSDP shards in
-the same process (`weight_sync.stream_weights`): no full state dict and no object store. Optionally the actor's
+the same process (`weight_sync.load_own_shards`): no full state dict and no object store. Optionally the actor's
 optimizer state moves to host memory while the engine generates (`resources.offload_optimizer`).
 
 On CPU vLLM has no sleep mode and the optimizer state is in host memory already: the same calls run there and
@@ -21,11 +21,10 @@ import torch
 from sfpo_rl.controller import Dispatch, register
 from sfpo_rl.workers.actor import FSDPActor
 from sfpo_rl.workers.actor_worker import join_ranks
-from sfpo_rl.workers.fsdp_utils import DTYPES
 from sfpo_rl.workers.lora import LoraConfig
 from sfpo_rl.workers.rollout import RolloutWorker
 from sfpo_rl.workers.rollout_config import RolloutConfig
-from sfpo_rl.workers.weight_sync import adapter_bucket, stream_weights, weight_plan
+from sfpo_rl.workers.weight_sync import load_own_shards
 
 
 class OptimizerOffload:
@@ -75,17 +74,7 @@ class ColocatedRolloutWorker(RolloutWorker):
     def sync_weights(self) -> dict[str, float]:
         """Load this process's actor weights, streamed from its shards one bucket at a time (a LoRA actor's
         adapter alone, where the engine serves it). Every rank must call it (the gathers are collective)."""
-        config, model = self.rollout.config, self.actor.model
-        dtype = None if config.dtype == "auto" else DTYPES[config.dtype]
-        if self.rollout.serves_adapters:
-            return {**self.rollout.load_adapter(adapter_bucket(model, dtype).tensors), "buckets": 1.0}
-        plan = weight_plan(model, config.sync_bucket_mb, dtype)
-        stream = stream_weights(model, plan, dtype)
-        try:
-            return {**self.rollout.load_weights(stream), "buckets": float(len(plan))}
-        finally:
-            for _ in stream:  # if the engine stopped reading, still take part in the peers' gathers
-                pass
+        return load_own_shards(self.actor.model, self.rollout)
 
     @register(Dispatch.ALL)
     def prepare_generation(self) -> None:

@@ -528,12 +528,6 @@ class RolloutWorker(Worker):
         return self.rollout.generate(batch, n, validate=validate, **sampling_overrides)
 
     @register(Dispatch.ALL)
-    def load_weights(
-        self, named_tensors: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]
-    ) -> dict[str, float]:
-        return self.rollout.load_weights(named_tensors)
-
-    @register(Dispatch.ALL)
     def load_bucket(self, bucket: WeightBucket) -> dict[str, float]:
         return self.rollout.load_bucket(bucket)
 

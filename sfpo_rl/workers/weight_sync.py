@@ -1,5 +1,5 @@
-"""Streamed weight sync: the actor's full weights reach the rollout engines one bucket at a time, never as a
-whole state dict in one place.
+"""Weight sync, actor -> rollout engines, in one place: the actor's full weights reach the engines one bucket at
+a time, never as a whole state dict in one place.
 
 A bucket is a run of consecutive state-dict entries (HF names) of whole decoder layers, packed in order up to
 `rollout.sync_bucket_mb` in the rollout dtype; a layer larger than that is a bucket of its own, and weights
@@ -9,10 +9,12 @@ its FSDP shards with `full_tensor()` (cast to the rollout dtype first, which als
 bf16), on every rank together. Peak extra memory in any process is about one bucket plus what the engine needs
 to re-process one layer (the layer rebuilt and, on the CPU build, repacked), never a whole state dict.
 
-- colocated (`stream_weights`): every actor rank feeds the engine in its own process: a bucket is gathered,
-  handed to the engine, and dropped before the next one is gathered. Nothing goes through Ray.
-- split (`gather_bucket`): every actor rank gathers bucket i; rank 0 hands it (in host memory) to the
-  engines, which load it before bucket i + 1 is gathered.
+The driver syncs through one interface, `WeightSync`, in two variants:
+
+- `ColocatedSync`: every actor rank feeds the engine in its own process (`load_own_shards`): a bucket is
+  gathered, handed to the engine, and dropped before the next one is gathered. Nothing goes through Ray.
+- `SplitSync`: every actor rank gathers bucket i (`actor_bucket`); rank 0 hands it (in host memory, through
+  Ray's object store) to the engines, which load it before bucket i + 1 is gathered.
 
 A LoRA actor (`actor.lora.rank > 0`) sends its adapter alone, as one bucket (`adapter_bucket`), to engines that
 serve adapters; to engines that cannot, its buckets carry the base weights with the adapter merged in (HF
@@ -21,18 +23,32 @@ names), gathered in the actor's own dtype and cast after the merge.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+from sfpo_rl.workers.fsdp_utils import DTYPES
 from sfpo_rl.workers.lora import is_adapter_name, lora_scaling, merge_lora, saved_name
 
+if TYPE_CHECKING:
+    from sfpo_rl.controller import RayWorkerGroup
+    from sfpo_rl.workers.rollout import VLLMRollout
+
 MIB = 2**20
+SYNC_TOTALS = ("load_weights_s", "load_weights_mb", "load_weights_tensors")
+
+
+def cast_dtype(rollout_dtype: str | None) -> torch.dtype | None:
+    """The dtype weights are cast to before the gather: the engines' (`rollout.dtype`), or None for "auto" (as
+    the actor holds them)."""
+    return None if rollout_dtype in (None, "auto") else DTYPES[rollout_dtype]
 
 
 @dataclass
@@ -139,3 +155,78 @@ def _host_copy(full: torch.Tensor) -> torch.Tensor:
 
 def _is_view(tensor: torch.Tensor) -> bool:
     return not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != tensor.nbytes
+
+
+# ------------------------------------------------------------------ one actor rank's side
+
+
+def actor_bucket(
+    model: nn.Module, index: int, bucket_mb: float, rollout_dtype: str | None, adapter: bool
+) -> WeightBucket:
+    """Split placement: bucket `index` of this sync in host memory (`adapter`: a LoRA actor's adapter alone,
+    one bucket). Collective."""
+    dtype = cast_dtype(rollout_dtype)
+    if adapter:
+        return adapter_bucket(model, dtype)
+    return gather_bucket(model, weight_plan(model, bucket_mb, dtype), index, dtype)
+
+
+def load_own_shards(model: nn.Module, engine: VLLMRollout) -> dict[str, float]:
+    """Colocated placement: load this process's actor weights into its engine, streamed from its shards one
+    bucket at a time (a LoRA actor's adapter alone, where the engine serves it). Collective."""
+    config = engine.config
+    dtype = cast_dtype(config.dtype)
+    if engine.serves_adapters:
+        return {**engine.load_adapter(adapter_bucket(model, dtype).tensors), "buckets": 1.0}
+    plan = weight_plan(model, config.sync_bucket_mb, dtype)
+    stream = stream_weights(model, plan, dtype)
+    try:
+        return {**engine.load_weights(stream), "buckets": float(len(plan))}
+    finally:
+        for _ in stream:  # if the engine stopped reading, still take part in the peers' gathers
+            pass
+
+
+# ------------------------------------------------------------------ the driver's side
+
+
+class WeightSync(ABC):
+    """One sync of the actor group's weights into the rollout group's engines; returns `sync/` metrics."""
+
+    def __call__(self, actor: RayWorkerGroup, rollout: RayWorkerGroup) -> dict[str, float]:
+        stats = self.load(actor, rollout)
+        stats["load_weights_mb_per_s"] = stats["load_weights_mb"] / max(stats["load_weights_s"], 1e-9)
+        return {f"sync/{k}": v for k, v in stats.items()}
+
+    @abstractmethod
+    def load(self, actor: RayWorkerGroup, rollout: RayWorkerGroup) -> dict[str, float]:
+        """The engines' load statistics (`SYNC_TOTALS` and `buckets`)."""
+
+
+class ColocatedSync(WeightSync):
+    """Every rank loads its own engine from its own shards (`load_own_shards`); rank 0's figures."""
+
+    def load(self, actor: RayWorkerGroup, rollout: RayWorkerGroup) -> dict[str, float]:
+        return rollout.sync_weights()[0]
+
+
+@dataclass
+class SplitSync(WeightSync):
+    """Bucket i goes from actor rank 0 to the engines through the object store (never the driver) and is loaded
+    before bucket i + 1 is gathered."""
+
+    bucket_mb: float = 512.0
+    rollout_dtype: str | None = None  # the engines' dtype; None or "auto": as the actor holds the weights
+    adapter: bool = False  # a LoRA actor's adapter alone (the engines serve it)
+
+    def load(self, actor: RayWorkerGroup, rollout: RayWorkerGroup) -> dict[str, float]:
+        totals = dict.fromkeys(SYNC_TOTALS, 0.0)
+        index, count = 0, 1
+        while index < count:
+            bucket = actor.weight_bucket.future(index, self.bucket_mb, self.rollout_dtype, self.adapter)
+            stats = rollout.load_bucket(bucket.rank0_ref())[0]
+            bucket.get()  # surfaces an actor-side failure by name
+            for key in SYNC_TOTALS:
+                totals[key] += stats[key]
+            index, count = index + 1, int(stats["buckets"])
+        return {**totals, "buckets": float(count)}

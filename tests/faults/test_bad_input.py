@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from sfpo_rl.data.io import DataError
 from sfpo_rl.trainer.checkpoint import CheckpointError
 from sfpo_rl.trainer.config import ConfigError
-from sfpo_rl.trainer.main import CONFIG_DIR, run
+from sfpo_rl.trainer.main import run
+from sfpo_rl.trainer.setup import CONFIG_DIR
 
 # Each case loads a model and tokenizer; one runs the whole command line in a subprocess.
 pytestmark = pytest.mark.slow

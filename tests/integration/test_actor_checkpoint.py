@@ -12,8 +12,8 @@ import torch
 from actor_helpers import make_batch, perturbed, plain_log_probs, plain_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sfpo_rl.bench.full_state import FullStateActorWorker
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool, WorkerError, init_ray
-from sfpo_rl.workers.actor_worker import ActorWorker
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def ray_local() -> bool:
 
 
 def _actor_group(model_dir, name: str) -> RayWorkerGroup:
-    return RayWorkerGroup(ResourcePool([2], name=name), ActorWorker, "actor", str(model_dir), CONFIG)
+    return RayWorkerGroup(ResourcePool([2], name=name), FullStateActorWorker, "actor", str(model_dir), CONFIG)
 
 
 def test_checkpoint_roundtrip_and_hf_export(ray_local, tiny_model_dir, tmp_path):

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool, init_ray
 from sfpo_rl.protocol import Batch
-from sfpo_rl.trainer.workers import WorkerGroups
+from sfpo_rl.trainer.worker_groups import WorkerGroups
 from sfpo_rl.workers.actor_worker import ActorWorker
 from sfpo_rl.workers.colocated import ColocatedRolloutWorker
 from sfpo_rl.workers.lora import LoraConfig, add_adapter, saved_name

@@ -9,10 +9,11 @@ import ray
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
+from sfpo_rl.bench.full_state import FullStateRolloutWorker
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool, WorkerError, init_ray
 from sfpo_rl.protocol import Batch
 from sfpo_rl.tiny.model import build_model
-from sfpo_rl.workers.rollout import RolloutConfig, RolloutWorker, VLLMRollout
+from sfpo_rl.workers.rollout import RolloutConfig, VLLMRollout
 
 pytestmark = pytest.mark.slow
 
@@ -325,7 +326,7 @@ def rollout_group(tiny_model_dir):
     started = not ray.is_initialized()
     init_ray()
     group = RayWorkerGroup(
-        ResourcePool([2], name="rollout_test"), RolloutWorker, "rollout", tiny_model_dir, CONFIG
+        ResourcePool([2], name="rollout_test"), FullStateRolloutWorker, "rollout", tiny_model_dir, CONFIG
     )
     yield group
     group.shutdown()

@@ -14,7 +14,7 @@ from actor_helpers import make_batch
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool, init_ray
 from sfpo_rl.protocol import Batch
 from sfpo_rl.tiny.model import build_model, save_pretrained
-from sfpo_rl.trainer.workers import WorkerGroups
+from sfpo_rl.trainer.worker_groups import WorkerGroups
 from sfpo_rl.workers.actor_worker import ActorWorker
 from sfpo_rl.workers.colocated import ColocatedRolloutWorker
 from sfpo_rl.workers.rollout import RolloutWorker, VLLMRollout

@@ -32,8 +32,8 @@ from sfpo_rl.protocol import Batch
 from sfpo_rl.rewards.shaping import OverlongBufferConfig, add_at_last_token, overlong_penalty
 from sfpo_rl.tiny.model import build_tokenizer
 from sfpo_rl.trainer.config import ConfigError, register_schema, to_run_config
-from sfpo_rl.trainer.main import CONFIG_DIR
 from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainerState, next_prompts
+from sfpo_rl.trainer.setup import CONFIG_DIR
 
 register_schema()
 

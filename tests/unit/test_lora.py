@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from sfpo_rl.trainer.main import check_lora_targets
+from sfpo_rl.trainer.setup import check_lora_targets
 from sfpo_rl.utils.options import ConfigError
 from sfpo_rl.workers.actor_config import ActorConfig
 from sfpo_rl.workers.lora import (

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from sfpo_rl.algorithms.sfpo import SFPOConfig
 from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
-from sfpo_rl.trainer.main import CONFIG_DIR, run
+from sfpo_rl.trainer.main import run
+from sfpo_rl.trainer.setup import CONFIG_DIR
 from sfpo_rl.utils.options import require
 from sfpo_rl.workers.actor_config import ActorConfig
 

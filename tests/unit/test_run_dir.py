@@ -13,9 +13,10 @@ from hydra import compose, initialize_config_dir
 from sfpo_rl.algorithms.sfpo import SFPOController
 from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import ConfigError, TrainerConfig, register_schema
-from sfpo_rl.trainer.main import CONFIG_DIR, print_summary, run
+from sfpo_rl.trainer.main import print_summary, run
 from sfpo_rl.trainer.ray_trainer import RLTrainer, TrainerState
-from sfpo_rl.trainer.run_dir import RunFinished, clear_earlier_run, start_point
+from sfpo_rl.trainer.setup import CONFIG_DIR
+from sfpo_rl.trainer.start_point import RunFinished, clear_earlier_run, start_point
 from sfpo_rl.trainer.tracking import Tracker, read_jsonl
 
 

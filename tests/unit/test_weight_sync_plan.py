@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sfpo_rl.protocol import Batch
-from sfpo_rl.trainer.workers import WorkerGroups, describe_placement
+from sfpo_rl.trainer.worker_groups import WorkerGroups, describe_placement
 from sfpo_rl.workers.colocated import OptimizerOffload
 from sfpo_rl.workers.rollout import VLLMRollout
 from sfpo_rl.workers.rollout_config import RolloutConfig
@@ -113,7 +113,10 @@ def test_split_sync_moves_one_bucket_at_a_time_from_actor_rank0_to_the_engines()
     assert [entry for entry in log if entry != "actor.get"] == [
         item
         for i in range(3)
-        for item in (("actor.weight_bucket", (i, 64, "bfloat16", False)), ("rollout.load_bucket", (f"bucket{i}",)))
+        for item in (
+            ("actor.weight_bucket", (i, 64, "bfloat16", False)),
+            ("rollout.load_bucket", (f"bucket{i}",)),
+        )
     ]
     assert log.count("actor.get") == 3  # each gather is waited for before the next bucket
     assert stats == {

@@ -30,16 +30,17 @@ from sfpo_rl.algorithms.sfpo import StepPlan
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.config import RunConfig
+from sfpo_rl.trainer.run_dir import RunDir
+from sfpo_rl.utils.console import say
 from sfpo_rl.workers.actor_worker import ActorWorker
 from sfpo_rl.workers.colocated import ColocatedRolloutWorker
 from sfpo_rl.workers.reference import ReferenceWorker
 from sfpo_rl.workers.reward import RewardWorker
 from sfpo_rl.workers.rollout import RolloutWorker
 from sfpo_rl.workers.update_result import UpdateResult
+from sfpo_rl.workers.weight_sync import ColocatedSync, SplitSync, WeightSync
 
-WORKERS_FILE = "workers.json"
 GENERATION, TRAINING = "generation", "training"
-SYNC_TOTALS = ("load_weights_s", "load_weights_mb", "load_weights_tensors")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class WorkerGroups:
     build: Callable[[str], RayWorkerGroup] | None = None  # a fresh group for a role (see `restart`)
     colocated: bool = False  # rollout (and ref) share the actor's processes
     sync_bucket_mb: float = 512.0
-    sync_dtype: str | None = None  # the engines' dtype; None: as the actor holds the weights
+    sync_dtype: str | None = None  # the engines' dtype; None or "auto": as the actor holds the weights
     sync_adapter: bool = False  # a LoRA actor's adapter alone goes to the (split) engines
     _phase: str | None = field(default=None, repr=False)
 
@@ -77,30 +78,16 @@ class WorkerGroups:
         self.to_generation()
         return self.rollout.generate(prompts, **kwargs)
 
+    @property
+    def weight_sync(self) -> WeightSync:
+        """This placement's way of moving the weights (sfpo_rl.workers.weight_sync)."""
+        if self.colocated:
+            return ColocatedSync()
+        return SplitSync(self.sync_bucket_mb, self.sync_dtype, self.sync_adapter)
+
     def sync_weights(self) -> dict[str, float]:
         """Stream the actor's weights into every engine, one bucket of whole layers at a time."""
-        if self.colocated:
-            stats = self.rollout.sync_weights()[0]  # every rank loads its own engine; rank 0's figures
-        else:
-            stats = self._send_buckets()
-        stats["load_weights_mb_per_s"] = stats["load_weights_mb"] / max(stats["load_weights_s"], 1e-9)
-        return {f"sync/{k}": v for k, v in stats.items()}
-
-    def _send_buckets(self) -> dict[str, float]:
-        """Split placement: bucket i goes from actor rank 0 to the engines through the object store (never
-        the driver) and is loaded before bucket i + 1 is gathered."""
-        totals = dict.fromkeys(SYNC_TOTALS, 0.0)
-        index, count = 0, 1
-        while index < count:
-            bucket = self.actor.weight_bucket.future(
-                index, self.sync_bucket_mb, self.sync_dtype, self.sync_adapter
-            )
-            stats = self.rollout.load_bucket(bucket.rank0_ref())[0]
-            bucket.get()  # surfaces an actor-side failure by name
-            for key in SYNC_TOTALS:
-                totals[key] += stats[key]
-            index, count = index + 1, int(stats["buckets"])
-        return {**totals, "buckets": float(count)}
+        return self.weight_sync(self.actor, self.rollout)
 
     def update_actor(self, batch: Batch, plan: StepPlan) -> UpdateResult:
         """One SFPO or plain update, as `plan` says; every rank returns the same reduced result."""
@@ -127,8 +114,8 @@ class WorkerGroups:
     def write_pids(self, run_dir: Path) -> None:
         """run_dir/workers.json: role -> per rank {ip, node_id, pid}, for operators (and fault-injection
         tests); rewritten after a restart. Colocated roles list the same processes."""
-        path = Path(run_dir) / WORKERS_FILE
-        tmp = path.with_name(f".{WORKERS_FILE}.tmp")
+        path = RunDir(run_dir).workers
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps({g.role: g.worker_info for g in self.all()}, indent=1) + "\n")
         os.replace(tmp, path)
 
@@ -186,12 +173,12 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
             jobs[role] = lambda role=role: {role: build(role)}
     groups = _start_concurrently(jobs)
     for line in describe_placement(list(groups.values())):
-        print(f"[sfpo_rl] placement: {line}", flush=True)
+        say(f"placement: {line}")
     lora = config.actor.lora
     fallback = groups["rollout"].lora_fallback()[0] if lora.enabled else None
     if lora.enabled:
         serving = f"merged full weights ({fallback})" if fallback else "the adapter alone"
-        print(f"[sfpo_rl] LoRA rank {lora.rank}: every weight sync sends {serving}", flush=True)
+        say(f"LoRA rank {lora.rank}: every weight sync sends {serving}")
     if lora.enabled and config.uses_ref:
         groups["ref"] = groups["actor"]  # the reference policy: the actor with its adapter off
     return WorkerGroups(
@@ -200,7 +187,7 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
         build=build,
         colocated=res.colocated,
         sync_bucket_mb=config.rollout.sync_bucket_mb,
-        sync_dtype=None if config.rollout.dtype == "auto" else config.rollout.dtype,
+        sync_dtype=config.rollout.dtype,
     )
 
 
