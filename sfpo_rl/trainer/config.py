@@ -23,6 +23,7 @@ from sfpo_rl.algorithms.advantages import advantage_estimators, needs_groups
 from sfpo_rl.algorithms.dapo import FilterGroupsConfig
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.sfpo import SFPOConfig
+from sfpo_rl.data.dataset import check_prompt_options
 from sfpo_rl.rewards.scoring import RewardConfig
 from sfpo_rl.trainer.tracking import KNOWN_LOGGERS
 from sfpo_rl.utils.options import ConfigError, is_int, is_number, require
@@ -69,7 +70,8 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     prompt_template: str | None = None  # "{prompt}" format string when the tokenizer has no chat template
-    overlong_prompts: str = "filter"  # "filter" | "truncate" prompts longer than rollout.max_prompt_length
+    # "filter" | "truncate" | "error": what becomes of prompts longer than rollout.max_prompt_length
+    overlong_prompts: str = "filter"
 
     def __post_init__(self) -> None:
         b = self.train_batch_size
@@ -78,12 +80,7 @@ class DataConfig:
         require(
             cap is None or (is_int(cap) and cap >= 1), "data.val_max_samples", "null or an integer >= 1", cap
         )
-        require(
-            self.overlong_prompts in ("filter", "truncate"),
-            "data.overlong_prompts",
-            "filter or truncate",
-            self.overlong_prompts,
-        )
+        check_prompt_options(self.overlong_prompts, self.prompt_template)
         require(
             (self.train_files is None) == (self.val_files is None),
             "data.val_files",

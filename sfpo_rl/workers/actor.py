@@ -297,11 +297,6 @@ class FSDPActor(FSDPPolicy):
     def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
         super().__init__(model_path, config, trainable=True)
         cfg = self.config
-        if cfg.ppo_mini_batch_size % self.world_size:
-            raise ValueError(
-                f"actor.ppo_mini_batch_size={cfg.ppo_mini_batch_size} must be a multiple of the number of actor "
-                f"ranks ({self.world_size}): each rank takes an equal share of every mini-batch"
-            )
         self.policy_loss = get_policy_loss(cfg.policy_loss)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(
