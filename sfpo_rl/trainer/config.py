@@ -27,7 +27,7 @@ from sfpo_rl.data.dataset import check_prompt_options
 from sfpo_rl.rewards.scoring import RewardConfig
 from sfpo_rl.trainer.tracking import KNOWN_LOGGERS
 from sfpo_rl.utils.options import ConfigError, is_int, is_number, require
-from sfpo_rl.workers.actor_config import ActorConfig
+from sfpo_rl.workers.actor_config import ActorConfig, moved_option
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
 __all__ = ["ConfigError", "RunConfig", "register_schema", "to_run_config"]
@@ -245,7 +245,7 @@ class RunConfig:
     @property
     def uses_ref(self) -> bool:
         """A KL term needs a frozen reference policy, placed like the actor."""
-        return self.actor.use_kl_loss or self.algorithm.use_kl_in_reward
+        return self.actor.loss.use_kl_loss or self.algorithm.use_kl_in_reward
 
     @property
     def ref_worker(self) -> bool:
@@ -305,9 +305,9 @@ class RunConfig:
             buffer.len,
         )
         require(
-            not (algo.use_kl_in_reward and actor.use_kl_loss),
+            not (algo.use_kl_in_reward and actor.loss.use_kl_loss),
             "algorithm.use_kl_in_reward",
-            "false when actor.use_kl_loss is true (choose one place for the KL term)",
+            "false when actor.loss.use_kl_loss is true (choose one place for the KL term)",
         )
         require(
             not (actor.lora.enabled and rollout.free_cache_engine and rollout.sleep_level == 2),
@@ -348,16 +348,16 @@ class RunConfig:
             f"got {bad_kills}",
         )
         # One update must split into whole, equal mini-batches on every FSDP rank.
-        world, mini = self.actor_world_size, actor.ppo_mini_batch_size
+        world, mini = self.actor_world_size, actor.batching.ppo_mini_batch_size
         rows = self.data.train_batch_size * rollout.n
         require(
             mini % world == 0,
-            "actor.ppo_mini_batch_size",
+            "actor.batching.ppo_mini_batch_size",
             f"a multiple of the {world} actor ranks (trainer.nnodes x resources.actor_ranks_per_node), got {mini}",
         )
         require(
             rows % mini == 0,
-            "actor.ppo_mini_batch_size",
+            "actor.batching.ppo_mini_batch_size",
             f"a divisor of the {rows} rollouts per step (data.train_batch_size={self.data.train_batch_size} x "
             f"rollout.n={rollout.n}), got {mini}",
         )
@@ -375,6 +375,11 @@ def register_schema() -> None:
     OmegaConf.register_new_resolver("sfpo_rl_algorithm", algorithm_label, replace=True)
 
 
+def moved_override(overrides: list[str]) -> str | None:
+    """Where an option of these command-line overrides went, if one names an option at its old place."""
+    return moved_option(override.lstrip("+~").split("=", 1)[0] for override in overrides)
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """The typed, validated run configuration of a composed config (or of a plain one, e.g. read back from a
     run's config.yaml); ConfigError naming the option otherwise."""
@@ -382,6 +387,8 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
         section, option = key.split(".")
         if section in cfg and OmegaConf.is_missing(cfg[section], option):
             raise ConfigError(f"{key} must be set ({hint})")
+    if "actor" in cfg and (moved := moved_option(f"actor.{key}" for key in cfg.actor)):
+        raise ConfigError(moved)
     if "hydra" in cfg:  # composed with return_hydra_config=True: the hydra node is not part of the run
         cfg = cfg.copy()
         with open_dict(cfg):

@@ -188,7 +188,7 @@ class RLTrainer:
             stats.append(scored.meta.get("generation_stats", {}))
             return scored
 
-        unit = mini_batch_unit(config.actor.ppo_mini_batch_size, n)
+        unit = mini_batch_unit(config.actor.batching.ppo_mini_batch_size, n)
         try:
             generated, batch, metrics = sample_groups(generate_round, batch_size, filter_groups, unit)
         except SamplingCapReached as exc:

@@ -29,9 +29,14 @@ class ActorWorker(Worker):
     """Ray shell of one actor rank. Update results come back per rank (a list, rank order); they are already
     reduced over ranks, so every entry is the same."""
 
-    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        config: ActorConfig | Mapping[str, Any],
+        total_steps: int | None = None,
+    ):
         join_ranks(self)
-        self.actor = FSDPActor(model_path, config)
+        self.actor = FSDPActor(model_path, config, total_steps)
 
     @register(Dispatch.DP_SPLIT)
     def compute_log_prob(self, batch: Batch) -> Batch:

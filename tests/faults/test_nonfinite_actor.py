@@ -26,6 +26,7 @@ from actor_helpers import (  # noqa: E402
     plain_update,
     record_steps,
     run_ranks,
+    sectioned,
 )
 
 from sfpo_rl.workers.actor import FSDPActor  # noqa: E402
@@ -55,7 +56,7 @@ def _job(rank: int, model_dir: str, batch, out: str) -> None:
     local = batch.split(WORLD)[rank]
     results = {}
     for name, point in [("clean", None), *POISONED.items()]:
-        actor = FSDPActor(model_dir, {**CONFIG, "inject_nonfinite_loss": [point] if point else []})
+        actor = FSDPActor(model_dir, sectioned({**CONFIG, "inject_nonfinite_loss": [point] if point else []}))
         steps = record_steps(actor.optimizer, actor.model.named_parameters(), lambda g: g.full_tensor())
         plain = name in ("clean", "update")
         result = actor.update(local) if plain else actor.sfpo_update(local, K, ALPHA)

@@ -56,7 +56,10 @@ def test_default_is_one_typed_tree_sfpo_with_the_papers_settings_on_cpu():
         and config.model.path is None
         and config.data.train_files is None
     )
-    assert config.actor.betas == (0.9, 0.999)  # a tuple again after the round trip through OmegaConf
+    assert config.actor.optimizer.betas == (
+        0.9,
+        0.999,
+    )  # a tuple again after the round trip through OmegaConf
     assert config.trainer.experiment_name == "tiny_arith_sfpo"
     assert config.trainer.run_dir == "outputs/tiny_arith_sfpo"
     assert not config.uses_ref and config.actor_world_size == 2
@@ -64,7 +67,7 @@ def test_default_is_one_typed_tree_sfpo_with_the_papers_settings_on_cpu():
 
 def test_groups_switch_algorithm_and_hardware():
     assert not to_run_config(composed("algorithm=grpo")).algorithm.sfpo.enable
-    gpu = to_run_config(composed("hardware=gpu", "actor.ppo_mini_batch_size=64"))
+    gpu = to_run_config(composed("hardware=gpu", "actor.batching.ppo_mini_batch_size=64"))
     assert gpu.trainer.n_gpus_per_node == 8 and gpu.actor.param_dtype == "bfloat16"
     assert gpu.resources.actor_ranks_per_node == 8 and not gpu.rollout.enforce_eager
     # GPU nodes default to the hybrid engine: every rank hosts an engine that sleeps while the actor trains.
@@ -76,7 +79,7 @@ def test_groups_switch_algorithm_and_hardware():
             "resources.placement=split",
             "resources.actor_ranks_per_node=4",
             "resources.rollout_workers_per_node=4",
-            "actor.ppo_mini_batch_size=64",
+            "actor.batching.ppo_mini_batch_size=64",
         )
     )
     assert split.rollout_world_size == 4 and split.actor_world_size == 4
@@ -92,17 +95,23 @@ def test_colocated_placement_has_one_engine_per_actor_rank():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["actor.ppo_mini_batch_size=48"], "actor.ppo_mini_batch_size must be a divisor of the 128 rollouts"),
-        (["resources.actor_ranks_per_node=3", "actor.ppo_mini_batch_size=64"], "a multiple of the 3 actor"),
+        (
+            ["actor.batching.ppo_mini_batch_size=48"],
+            "actor.batching.ppo_mini_batch_size must be a divisor of the 128 rollouts",
+        ),
+        (
+            ["resources.actor_ranks_per_node=3", "actor.batching.ppo_mini_batch_size=64"],
+            "a multiple of the 3 actor",
+        ),
         (["data.train_files=[a.jsonl]"], "data.val_files must be set together"),
         (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator must be one of"),
-        (["algorithm.use_kl_in_reward=true", "actor.use_kl_loss=true"], "algorithm.use_kl_in_reward"),
-        (["actor.clip_ratio_c=0.5"], "actor.clip_ratio_c"),
-        (["actor.policy_loss=ppo"], "actor.policy_loss must be one of gspo, ppo_clip"),
+        (["algorithm.use_kl_in_reward=true", "actor.loss.use_kl_loss=true"], "algorithm.use_kl_in_reward"),
+        (["actor.loss.clip_ratio_c=0.5"], "actor.loss.clip_ratio_c"),
+        (["actor.loss.policy_loss=ppo"], "actor.loss.policy_loss must be one of gspo, ppo_clip"),
         (["rollout.temperature=-1"], "rollout.temperature"),
         (["trainer.total_steps=0"], "trainer.total_steps must be an integer >= 1, got 0"),
         (
-            ["rollout.n=1", "actor.ppo_mini_batch_size=16"],
+            ["rollout.n=1", "actor.batching.ppo_mini_batch_size=16"],
             "rollout.n must be >= 2 with algorithm.adv_estimator=grpo",
         ),
         (["algorithm.sfpo.alpha=1.5"], "algorithm.sfpo.alpha must be a number in [0, 1], got 1.5"),
@@ -135,11 +144,11 @@ def test_colocated_placement_has_one_engine_per_actor_rank():
         ),
         # A LoRA actor is its own reference policy: no reference workers to kill.
         (
-            ["actor.lora.rank=8", "actor.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:0]"],
+            ["actor.lora.rank=8", "actor.loss.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:0]"],
             "got ['3:ref:0']",
         ),
         (
-            ["hardware=gpu", "resources.placement=split", "actor.ppo_mini_batch_size=64"],
+            ["hardware=gpu", "resources.placement=split", "actor.batching.ppo_mini_batch_size=64"],
             "the GPUs per node (9) fit in trainer.n_gpus_per_node=8",
         ),
     ],
@@ -168,13 +177,13 @@ def test_a_plain_config_is_checked_against_the_schema_by_option_name():
 
 def test_single_sample_runs_are_allowed_with_a_batch_level_estimator():
     cfg = composed(
-        "rollout.n=1", "actor.ppo_mini_batch_size=16", "algorithm.adv_estimator=reinforce_plus_plus"
+        "rollout.n=1", "actor.batching.ppo_mini_batch_size=16", "algorithm.adv_estimator=reinforce_plus_plus"
     )
     assert to_run_config(cfg).rollout.n == 1
 
 
 def test_kl_term_brings_the_reference_policy():
-    config = to_run_config(composed("actor.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:1]"))
+    config = to_run_config(composed("actor.loss.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:1]"))
     assert config.uses_ref
 
 
