@@ -275,7 +275,7 @@ class RLTrainer:
                 self.groups.write_pids(self.run_dir)
 
     def _inject_worker_kills(self, step: int) -> None:
-        for entry in self.config.trainer.inject_worker_kill:
+        for entry in self.config.faults.worker_kill:
             at, role, rank = entry.split(":")
             if int(at) == step:
                 print(

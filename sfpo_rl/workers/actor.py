@@ -315,6 +315,8 @@ class FSDPActor(FSDPPolicy):
             loss_agg_mode=cfg.loss.loss_agg_mode,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # Each rank's loss counts world_size times, because FSDP averages gradients over ranks.
+        self.loss_scale = float(self.world_size)
         opt = cfg.optimizer
         if opt.needs_total_steps and total_steps is None:
             raise ValueError(
@@ -441,10 +443,8 @@ class FSDPActor(FSDPPolicy):
 
     def _policy_pass(self, data: Batch, pass_index: int, stage: str) -> PassResult:
         """One ordinary update: ppo_epochs x (mini-batches, each one optimizer step), reduced over ranks. `stage`
-        (update, fast<k>, slow) names the pass for `actor.inject_nonfinite_loss`."""
+        (update, fast<k>, slow) names the pass for fault injection (sfpo_rl.workers.faults)."""
         cfg = self.config
-        step = self.scheduler.last_epoch + 1  # 1-based: the schedule advances once per training step
-        poison = bool({str(step), f"{step}:{stage}"} & set(cfg.inject_nonfinite_loss))
         temperature = self._temperature(data)
         local_mini = cfg.batching.ppo_mini_batch_size // self.world_size
         sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64, device=self.device)
@@ -458,7 +458,7 @@ class FSDPActor(FSDPPolicy):
                 rows = (
                     slice(first, first + local_mini) if order is None else order[first : first + local_mini]
                 )
-                grad_norm = self._optimizer_step(data[rows], temperature, sums, ratio_max, poison)
+                grad_norm = self._optimizer_step(data[rows], temperature, sums, ratio_max)
                 grad_norms.append(grad_norm)
                 skipped += not math.isfinite(grad_norm)
         sums = all_reduce_sum(sums)
@@ -484,13 +484,13 @@ class FSDPActor(FSDPPolicy):
         return PassResult(metrics, skipped, entropy)
 
     def _optimizer_step(
-        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
+        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor
     ) -> float:
         """Accumulate the mini-batch's gradient, clip, step. Returns the global grad norm, NaN when the loss was
         non-finite on any rank; a non-finite result skips the step (gradients dropped, parameters and Adam
         state untouched)."""
         cfg = self.config
-        nonfinite_loss = self._backward_mini_batch(mini, temperature, sums, ratio_max, poison)
+        nonfinite_loss = self._backward_mini_batch(mini, temperature, sums, ratio_max)
         max_norm = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if isinstance(grad_norm, DTensor):
@@ -507,7 +507,7 @@ class FSDPActor(FSDPPolicy):
         return grad_norm
 
     def _backward_mini_batch(
-        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
+        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor
     ) -> torch.Tensor:
         """Backward of the mini-batch's loss, micro-batch by micro-batch, leaving its gradient (reduced over
         ranks) in the parameters' .grad; adds the metric terms to `sums` and `ratio_max`. Returns 1 where this
@@ -552,10 +552,9 @@ class FSDPActor(FSDPPolicy):
                 kl = kl_penalty(log_prob, micro["ref_log_probs"], loss_cfg.kl_loss_type)
                 kl_loss = inputs.aggregate(kl)
                 loss = loss + loss_cfg.kl_loss_coef * kl_loss
-            if poison:
-                loss = loss * math.nan
-            nonfinite_loss += (~torch.isfinite(loss.detach())).double()
-            (loss * self.world_size).backward()
+            scaled = loss * self.loss_scale
+            nonfinite_loss += (~torch.isfinite(scaled.detach())).double()
+            scaled.backward()
 
             micro_tokens = mask.sum()
             with torch.no_grad():

@@ -4,7 +4,6 @@ at its old flat place (`actor.lr`) is refused naming its new one (`MOVED`)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -18,8 +17,6 @@ from sfpo_rl.workers.optim import SCHEDULES
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
 SLOW_COPY_DEVICES = ("same", "cpu")
 FORWARD_LAYOUTS = ("auto", "packed", "padded")
-# "<step>" or "<step>:<pass>", pass = update (a plain update), fast<k> (SFPO fast pass k), slow (SFPO slow pass)
-INJECTION_POINT = re.compile(r"^[1-9]\d*(:(update|slow|fast\d+))?$")
 
 
 @dataclass
@@ -193,7 +190,7 @@ MOVED = {
     for section, cls in SECTIONS.items()
     if section != "lora"
     for f in fields(cls)
-} | {"actor.total_steps": "trainer.total_steps"}
+} | {"actor.total_steps": "trainer.total_steps", "actor.inject_nonfinite_loss": "faults.nonfinite_loss"}
 
 
 @dataclass
@@ -208,9 +205,6 @@ class ActorConfig:
     reduce_dtype: str = "float32"  # gradient reduce-scatter dtype
     activation_checkpointing: bool = False
     sfpo_slow_copy_device: str = "same"  # where SFPO keeps its slow copy of the local shard: "same" | "cpu"
-    # Testing only: make the loss NaN at these points to exercise the non-finite handling end to end. An entry
-    # is a training step (1-based), "3", or a step and one pass of it: "3:update", "3:fast0", "3:slow".
-    inject_nonfinite_loss: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for section, cls in SECTIONS.items():
@@ -225,16 +219,6 @@ class ActorConfig:
             "actor.sfpo_slow_copy_device",
             f"one of {', '.join(SLOW_COPY_DEVICES)}",
         )
-        points = self.inject_nonfinite_loss
-        bad = (
-            [points] if isinstance(points, str) else [p for p in points if not INJECTION_POINT.match(str(p))]
-        )
-        require(
-            not bad,
-            "actor.inject_nonfinite_loss",
-            f'a list of "<step>" or "<step>:<pass>" (pass: update, slow, fast<k>), e.g. ["3", "4:fast0"]; got {bad}',
-        )
-        self.inject_nonfinite_loss = [str(p) for p in points]
 
     @classmethod
     def from_any(cls, config: ActorConfig | Mapping[str, Any] | Any) -> ActorConfig:
@@ -245,9 +229,9 @@ class ActorConfig:
         return options_from_any(cls, config, "actor")
 
 
-def moved_option(options: Iterable[str]) -> str | None:
+def moved_option(options: Iterable[str], moved: Mapping[str, str] = MOVED) -> str | None:
     """Where the first of these option paths that has moved went (a message naming both), else None."""
     for option in options:
-        if option in MOVED:
-            return f"{option} has moved: it is now {MOVED[option]}"
+        if option in moved:
+            return f"{option} has moved: it is now {moved[option]}"
     return None

@@ -173,7 +173,7 @@ def _mini_batch_gradients(model_dir: str, config: dict, local) -> dict:
     reduce = fsdp_param_group.foreach_reduce  # FSDP2's reduce-scatter of one module's gradients
     fsdp_param_group.foreach_reduce = lambda *a, **k: reductions.append(1) or reduce(*a, **k)
     try:
-        actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max, poison=False)
+        actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max)
     finally:
         fsdp_param_group.foreach_reduce = reduce
     grads = {name: p.grad.full_tensor() for name, p in actor.model.named_parameters()}

@@ -72,7 +72,7 @@ def _adapter_gradients(actor: FSDPActor, local) -> dict[str, torch.Tensor]:
     sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64)
     ratio_max = torch.full((1,), -math.inf, dtype=torch.float64)
     actor.model.train()
-    actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max, poison=False)
+    actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max)
     assert all(p.grad is None for p in actor.model.parameters() if not p.requires_grad)
     grads = {
         saved_name(n): p.grad.full_tensor() for n, p in actor.model.named_parameters() if p.requires_grad

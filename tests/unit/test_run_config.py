@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from sfpo_rl.algorithms.sfpo import SFPOConfig
-from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
+from sfpo_rl.trainer.config import ConfigError, RunConfig, moved_override, register_schema, to_run_config
 from sfpo_rl.trainer.main import CONFIG_DIR, run
 from sfpo_rl.utils.options import require
 from sfpo_rl.workers.actor_config import ActorConfig
@@ -86,9 +86,7 @@ def test_groups_switch_algorithm_and_hardware():
 
 
 def test_colocated_placement_has_one_engine_per_actor_rank():
-    config = to_run_config(
-        composed("resources.placement=colocated", "trainer.inject_worker_kill=[3:rollout:1]")
-    )
+    config = to_run_config(composed("resources.placement=colocated", "faults.worker_kill=[3:rollout:1]"))
     assert config.rollout_world_size == config.actor_world_size == 2
 
 
@@ -123,10 +121,10 @@ def test_colocated_placement_has_one_engine_per_actor_rank():
         (["reward.timeout_s=0"], "reward.timeout_s"),
         (["trainer.worker_timeout_s=-1"], "trainer.worker_timeout_s must be a number of seconds >= 0"),
         (["trainer.logger=[nope]"], "trainer.logger must be a list drawn from"),
-        (["trainer.inject_worker_kill=[3:reward]"], "trainer.inject_worker_kill must be a list of"),
-        (["trainer.inject_worker_kill=[3:actor:2]"], "got ['3:actor:2']"),  # 2 actor ranks: 0 and 1
-        (["trainer.inject_worker_kill=[3:ref:0]"], "got ['3:ref:0']"),  # no KL term: no reference workers
-        (["trainer.inject_worker_kill=[3:rollout:1]"], "got ['3:rollout:1']"),  # split: one engine
+        (["faults.worker_kill=[3:reward]"], "faults.worker_kill must be a list of"),
+        (["faults.worker_kill=[3:actor:2]"], "got ['3:actor:2']"),  # 2 actor ranks: 0 and 1
+        (["faults.worker_kill=[3:ref:0]"], "got ['3:ref:0']"),  # no KL term: no reference workers
+        (["faults.worker_kill=[3:rollout:1]"], "got ['3:rollout:1']"),  # split: one engine
         (["resources.placement=both"], "resources.placement must be colocated or split, got 'both'"),
         (
             ["resources.placement=colocated", "rollout.tensor_parallel_size=2"],
@@ -144,7 +142,7 @@ def test_colocated_placement_has_one_engine_per_actor_rank():
         ),
         # A LoRA actor is its own reference policy: no reference workers to kill.
         (
-            ["actor.lora.rank=8", "actor.loss.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:0]"],
+            ["actor.lora.rank=8", "actor.loss.use_kl_loss=true", "faults.worker_kill=[3:ref:0]"],
             "got ['3:ref:0']",
         ),
         (
@@ -175,6 +173,26 @@ def test_a_plain_config_is_checked_against_the_schema_by_option_name():
         to_run_config(OmegaConf.merge(plain, {"actor": {"lrr": 1}}))
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"actor": {"lr": 1e-5}}, "actor.optimizer.lr"),
+        ({"actor": {"ppo_epochs": 2}}, "actor.batching.ppo_epochs"),
+        ({"actor": {"entropy_coeff": 0.0}}, "actor.loss.entropy_coeff"),
+        ({"actor": {"total_steps": 10}}, "trainer.total_steps"),
+        ({"actor": {"inject_nonfinite_loss": ["3"]}}, "faults.nonfinite_loss"),
+        ({"trainer": {"inject_worker_kill": ["3:reward:0"]}}, "faults.worker_kill"),
+    ],
+)
+def test_an_option_at_its_old_place_names_its_new_one(old, new):
+    """A run's config.yaml from before the actor's sections and the faults section, read back."""
+    ((section, options),) = old.items()
+    path = f"{section}.{next(iter(options))}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(path)} has moved: it is now {re.escape(new)}$"):
+        to_run_config(OmegaConf.create(old))
+    assert moved_override([f"{path}=1"]) == f"{path} has moved: it is now {new}"
+
+
 def test_single_sample_runs_are_allowed_with_a_batch_level_estimator():
     cfg = composed(
         "rollout.n=1", "actor.batching.ppo_mini_batch_size=16", "algorithm.adv_estimator=reinforce_plus_plus"
@@ -183,7 +201,7 @@ def test_single_sample_runs_are_allowed_with_a_batch_level_estimator():
 
 
 def test_kl_term_brings_the_reference_policy():
-    config = to_run_config(composed("actor.loss.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:1]"))
+    config = to_run_config(composed("actor.loss.use_kl_loss=true", "faults.worker_kill=[3:ref:1]"))
     assert config.uses_ref
 
 
