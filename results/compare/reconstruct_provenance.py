@@ -71,7 +71,7 @@ def main() -> None:
         # a4ab052's runner: run_dir, console logger, no export, the arm's overrides, lr and seeds (steps: default 40)
         overrides[run.name] = [
             f"trainer.run_dir=outputs/compare/{run.name}", "trainer.logger=[console]", "trainer.export_hf=false",
-            *run.arm.overrides, f"actor.lr={run.lr.value:g}", f"trainer.seed={run.seed}", f"data.seed={run.seed}",
+            *run.arm.overrides, f"actor.optimizer.lr={run.lr.value:g}", f"trainer.seed={run.seed}", f"data.seed={run.seed}",
         ]  # fmt: skip
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", COMMIT], capture_output=True, text=True, check=True

@@ -42,7 +42,7 @@ def pack(
     if not torch.equal(position_ids[real], within_row[real]):
         raise ValueError(
             "packed forward: position ids must count each row's real tokens 0, 1, 2, ... (the rollout "
-            "layout); use actor.forward_layout=padded for other position ids"
+            "layout); use actor.batching.forward_layout=padded for other position ids"
         )
     packed_index = real.flatten().long().cumsum(0).reshape(real.shape) - 1
     prompt_width = real.shape[1] - response_width

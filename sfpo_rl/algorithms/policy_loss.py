@@ -1,4 +1,4 @@
-"""Policy losses, chosen by name (`actor.policy_loss`), and the loss aggregation modes.
+"""Policy losses, chosen by name (`actor.loss.policy_loss`), and the loss aggregation modes.
 
 A policy loss is one function registered with `@register_policy_loss("name")`. It takes the `LossInputs` of a
 (micro-)batch and returns (scalar loss, metrics). The metrics are token means over the batch's mask (detached
@@ -39,7 +39,9 @@ def policy_losses() -> list[str]:
 
 def get_policy_loss(name: str) -> PolicyLossFn:
     if name not in _REGISTRY:
-        raise ValueError(f"actor.policy_loss: unknown {name!r}; choose one of {', '.join(policy_losses())}")
+        raise ValueError(
+            f"actor.loss.policy_loss: unknown {name!r}; choose one of {', '.join(policy_losses())}"
+        )
     return _REGISTRY[name]
 
 
@@ -75,7 +77,7 @@ def agg_loss(
     if mode == "seq-mean-token-sum-norm":
         length = norm_length if norm_length is not None else mask.shape[-1]
         return masked.sum() / (_at_least_one(num_seqs) * length)
-    raise ValueError(f"actor.loss_agg_mode: unknown {mode!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
+    raise ValueError(f"actor.loss.loss_agg_mode: unknown {mode!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
 
 
 def _at_least_one(count: float | torch.Tensor) -> float | torch.Tensor:
@@ -141,7 +143,7 @@ def ppo_clip_loss(x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]
     """
     c = x.clip_ratio_c
     if c is not None and c <= 1:
-        raise ValueError(f"actor.clip_ratio_c must be > 1 (dual clip), got {c}")
+        raise ValueError(f"actor.loss.clip_ratio_c must be > 1 (dual clip), got {c}")
     log_ratio = (x.log_probs - x.old_log_probs).clamp(-20.0, 20.0)
     per_token, metrics = x.clipped_surrogate(torch.exp(log_ratio), log_ratio)
     if c is not None:
@@ -161,7 +163,7 @@ def gspo_loss(x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """
     if x.clip_ratio_c is not None:
         raise ValueError(
-            "actor.clip_ratio_c must be null with actor.policy_loss=gspo (dual clip is PPO-clip's)"
+            "actor.loss.clip_ratio_c must be null with actor.loss.policy_loss=gspo (dual clip is PPO-clip's)"
         )
     log_probs = x.log_probs
     mask = x.response_mask.to(log_probs.dtype)

@@ -35,6 +35,7 @@ from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
 from sfpo_rl.bench.common import format_table, row, summary_table, write_result
 from sfpo_rl.bench.flops import DecoderShape, matmul_peak_flops, update_flops
 from sfpo_rl.bench.rollout_batches import long_tailed_rollouts
+from sfpo_rl.bench.workload import sectioned
 from sfpo_rl.protocol import Batch
 from sfpo_rl.workers.actor import FSDPActor, FSDPPolicy
 
@@ -80,7 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inner-steps", type=int, default=3, help="SFPO's K")
     parser.add_argument("--alpha", type=float, default=0.8)
     parser.add_argument("--param-dtype", default="auto", help="actor.param_dtype (auto: bf16 on CUDA)")
-    parser.add_argument("--forward-layout", default="auto", help="actor.forward_layout: auto, packed, padded")
+    parser.add_argument(
+        "--forward-layout", default="auto", help="actor.batching.forward_layout: auto, packed, padded"
+    )
     parser.add_argument(
         "--max-mean-drift", type=float, default=MAX_MEAN_DRIFT, help="mean |log p drift| allowed"
     )
@@ -216,7 +219,7 @@ def _check(
         forward_layout=args.forward_layout,
         activation_checkpointing=device.type == "cuda",  # as configs/hardware/gpu.yaml
     )
-    actor = FSDPActor(model_dir, config)
+    actor = FSDPActor(model_dir, sectioned(config))
     params = sum(p.numel() for p in actor.params)
     batch = long_tailed_rollouts(
         shape.vocab_size,
@@ -263,7 +266,7 @@ def _check(
     weights = _save_weights(actor.state_dict_for_rollout(), model_dir, tmp / "trained")
     shard_bytes = sum(p.to_local().numel() * p.to_local().element_size() for p in actor.params)
     compute_dtype = actor.param_dtype
-    float32 = FSDPPolicy(weights, {**config, "param_dtype": "float32", "forward_layout": "padded"})
+    float32 = FSDPPolicy(weights, sectioned({**config, "param_dtype": "float32", "forward_layout": "padded"}))
     reference = float32.compute_log_prob(batch)["old_log_probs"]
     measured = drift(log_probs, reference, batch["response_mask"])
     failures = drift_failures(measured, args.max_mean_drift, args.max_drift)

@@ -86,9 +86,13 @@ def train(config: RunConfig, run_dir: Path) -> None:
     )  # verifiers inline: no child processes
     actor, rollout = config.actor, config.rollout
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=actor.lr, betas=actor.betas, eps=actor.eps, weight_decay=actor.weight_decay
+        model.parameters(),
+        lr=actor.optimizer.lr,
+        betas=actor.optimizer.betas,
+        eps=actor.optimizer.eps,
+        weight_decay=actor.optimizer.weight_decay,
     )
-    policy_loss = get_policy_loss(actor.policy_loss)
+    policy_loss = get_policy_loss(actor.loss.policy_loss)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = open(run_dir / "metrics.jsonl", "w")
@@ -128,27 +132,27 @@ def train(config: RunConfig, run_dir: Path) -> None:
             old_log_probs = torch.cat(
                 [
                     forward(model, b, rollout.temperature)[0]
-                    for b in batch.split_by_size(actor.ppo_mini_batch_size)
+                    for b in batch.split_by_size(actor.batching.ppo_mini_batch_size)
                 ]
             )
         with timed(t, "advantage"):
             advantages, _ = compute_advantage("grpo", scores * mask, mask, batch["uid"])
         batch["old_log_probs"], batch["advantages"] = old_log_probs, advantages
         with timed(t, "update"):
-            for mini in batch.split_by_size(actor.ppo_mini_batch_size):
+            for mini in batch.split_by_size(actor.batching.ppo_mini_batch_size):
                 log_probs, entropy = forward(model, mini, rollout.temperature)
                 inputs = LossInputs(
                     log_probs,
                     mini["old_log_probs"],
                     mini["advantages"],
                     mini["response_mask"],
-                    clip_ratio_low=actor.clip_ratio_low,
-                    clip_ratio_high=actor.clip_ratio_high,
-                    loss_agg_mode=actor.loss_agg_mode,
+                    clip_ratio_low=actor.loss.clip_ratio_low,
+                    clip_ratio_high=actor.loss.clip_ratio_high,
+                    loss_agg_mode=actor.loss.loss_agg_mode,
                 )
-                loss = policy_loss(inputs)[0] - actor.entropy_coeff * inputs.aggregate(entropy)
+                loss = policy_loss(inputs)[0] - actor.loss.entropy_coeff * inputs.aggregate(entropy)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), actor.grad_clip or float("inf"))
+                torch.nn.utils.clip_grad_norm_(model.parameters(), actor.optimizer.grad_clip or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         t["timing/step"] = time.perf_counter() - start

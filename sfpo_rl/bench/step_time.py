@@ -25,7 +25,7 @@ from sfpo_rl.bench.common import bench_main, median, row
 NAME = "step_time"
 PHASES = ("generate", "reward", "old_log_prob", "ref_log_prob", "advantage", "update", "sync")
 # The quick run's shapes (those of the end-to-end test): 8 prompts x 4 samples, one mini-batch of 16 twice.
-QUICK_OVERRIDES = ("data.train_batch_size=8", "rollout.n=4", "actor.ppo_mini_batch_size=16")
+QUICK_OVERRIDES = ("data.train_batch_size=8", "rollout.n=4", "actor.batching.ppo_mini_batch_size=16")
 RUN_OVERRIDES = (
     "trainer.val_every=0",
     "trainer.val_before_train=false",

@@ -31,7 +31,7 @@ from sfpo_rl.bench.common import bench_main, median, row
 from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV, run_ranks
 from sfpo_rl.bench.rollout_batches import long_tailed_rollouts
 from sfpo_rl.bench.sfpo_overhead import peak_rss_above_start
-from sfpo_rl.bench.workload import actor_config, make_model, timed
+from sfpo_rl.bench.workload import actor_config, make_model, sectioned, timed
 from sfpo_rl.protocol import Batch
 
 NAME = "token_budget"
@@ -92,7 +92,7 @@ def computed_tokens(batch: Batch, config: dict[str, Any]) -> tuple[int, int]:
 def _actors(rank: int, model_dir: str, batch: Batch, configs: dict[str, dict]) -> tuple[dict, Batch]:
     from sfpo_rl.workers.actor import FSDPActor
 
-    actors = {name: FSDPActor(model_dir, config) for name, config in configs.items()}
+    actors = {name: FSDPActor(model_dir, sectioned(config)) for name, config in configs.items()}
     local = batch.split(WORLD)[rank]
     local["old_log_probs"] = actors[VARIANTS[0]].compute_log_prob(local)["old_log_probs"]
     for actor in actors.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,26 @@ def actor_config(rows: int) -> dict[str, Any]:
     )
 
 
+def sectioned(options: dict[str, Any]) -> dict[str, Any]:
+    """A flat dict of actor options (as the benchmarks and the tests' reference computations read them) in the
+    actor config's sections: {"lr": ..} -> {"optimizer": {"lr": ..}}; other keys stay at the top."""
+    from sfpo_rl.workers.actor_config import SECTIONS
+
+    section_of = {f.name: name for name, cls in SECTIONS.items() if name != "lora" for f in fields(cls)}
+    nested: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in section_of:
+            nested.setdefault(section_of[key], {})[key] = value
+        else:
+            nested[key] = value
+    return nested
+
+
 def prepared_actor(rank: int, world_size: int, model_dir: str, batch: Batch, config: dict[str, Any]):
     """This rank's FSDPActor and its contiguous chunk of `batch`, with old_log_probs from the actor itself."""
     from sfpo_rl.workers.actor import FSDPActor
 
-    actor = FSDPActor(model_dir, config)
+    actor = FSDPActor(model_dir, sectioned(config))
     local = batch.split(world_size)[rank]
     local["old_log_probs"] = actor.compute_log_prob(local)["old_log_probs"]
     return actor, local

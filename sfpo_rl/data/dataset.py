@@ -22,11 +22,21 @@ from typing import Any
 
 from sfpo_rl.data.io import DataError, read_rows
 from sfpo_rl.rewards import VerifierError, ground_truth_problem, verifier_name
+from sfpo_rl.utils.options import ConfigError, require
 
 logger = logging.getLogger(__name__)
 
 OVERLONG_MODES = ("filter", "truncate", "error")  # truncate keeps the last tokens (the question's end)
 PROMPT_PLACEHOLDER = "{prompt}"
+
+
+def check_prompt_options(overlong: str, prompt_template: str | None) -> None:
+    """The rules of `data.overlong_prompts` and `data.prompt_template` (the run config applies them too)."""
+    require(
+        overlong in OVERLONG_MODES, "data.overlong_prompts", f"one of {', '.join(OVERLONG_MODES)}", overlong
+    )
+    if prompt_template is not None and PROMPT_PLACEHOLDER not in prompt_template:
+        raise ConfigError(f"data.prompt_template must contain {PROMPT_PLACEHOLDER}, got {prompt_template!r}")
 
 
 @dataclass(frozen=True)
@@ -148,14 +158,7 @@ class PromptDataset:
         prompt_template: str | None = None,
         reward_function: str | None = None,
     ):
-        if overlong not in OVERLONG_MODES:
-            raise ValueError(
-                f"data.overlong_prompts must be one of {', '.join(OVERLONG_MODES)}, got {overlong!r}"
-            )
-        if prompt_template is not None and PROMPT_PLACEHOLDER not in prompt_template:
-            raise ValueError(
-                f"data.prompt_template must contain {PROMPT_PLACEHOLDER}, got {prompt_template!r}"
-            )
+        check_prompt_options(overlong, prompt_template)
         if (
             isinstance(max_prompt_length, bool)
             or not isinstance(max_prompt_length, int)

@@ -796,7 +796,9 @@ def markdown(study: Study, summary: Mapping[str, Any], records: Sequence[RunReco
     lines += [f"| {a.name} | {a.label} | `{' '.join(a.overrides)}` | {a.seeds} |" for a in study.arms]
     lines.append("")
     lines.append(f"Every run: `{' '.join(study.overrides)}` " if study.overrides else "Every run: ")
-    lines[-1] += f"`actor.lr=<lr> trainer.seed=<seed> data.seed=<seed> trainer.total_steps={study.steps}`."
+    lines[-1] += (
+        f"`actor.optimizer.lr=<lr> trainer.seed=<seed> data.seed=<seed> trainer.total_steps={study.steps}`."
+    )
     if summary["notes"]:
         lines += ["", "### Notes the tables need", ""] + [f"- {note}" for note in summary["notes"]]
     lines += _provenance_lines(study, summary, records)

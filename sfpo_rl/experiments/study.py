@@ -16,7 +16,7 @@ the protocol in executable form; `sfpo-rl-study` runs, resumes and analyses it (
       zero_adv: {metric: sampling/zero_adv_group_frac, label: zero-advantage share, percent: true,
                  windows: [[1, 40], [31, 40]], plot: true}
 
-A run is `sfpo-rl-train` with the study's overrides, the arm's, `actor.lr=<lr>`, `trainer.seed=<s>`,
+A run is `sfpo-rl-train` with the study's overrides, the arm's, `actor.optimizer.lr=<lr>`, `trainer.seed=<s>`,
 `data.seed=<s>` and `trainer.total_steps=<steps>`, in `<runs>/<arm>_lr<lr>_seed<s>` (the lr spelled as in the
 YAML). Every field is described in `FIELDS` below; a wrong one stops `load_study` with the file and the field
 named (exit 2 from the command line), before any run starts.
@@ -62,7 +62,7 @@ COUNT_CONDITIONS = {
     "below": lambda value, bound: value < bound,
 }
 # The runner sets these for every run; an arm or the study may not.
-RESERVED = ("actor.lr", "trainer.seed", "data.seed", "trainer.total_steps", "trainer.run_dir")
+RESERVED = ("actor.optimizer.lr", "trainer.seed", "data.seed", "trainer.total_steps", "trainer.run_dir")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -182,7 +182,7 @@ class Run:
         return [
             *study.overrides,
             *self.arm.overrides,
-            f"actor.lr={self.lr.text}",
+            f"actor.optimizer.lr={self.lr.text}",
             f"trainer.seed={self.seed}",
             f"data.seed={self.seed}",
             f"trainer.total_steps={study.steps}",
@@ -210,7 +210,7 @@ def plan(study: Study) -> list[Run]:
 FIELDS = {
     "name": "the study's title",
     "steps": "trainer.total_steps of every run",
-    "learning_rates": "actor.lr values; each arm runs at every one",
+    "learning_rates": "actor.optimizer.lr values; each arm runs at every one",
     "arms": "name -> {label, overrides, seeds}",
     "seeds": "seeds per arm where an arm does not say (seeds 0..n-1)",
     "overrides": "Hydra overrides for every run, before the arm's",

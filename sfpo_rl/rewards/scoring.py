@@ -7,8 +7,8 @@ estimators read.
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from sfpo_rl.rewards.timeout import (
     score_with_timeout,
     signal_timeout_available,
 )
-from sfpo_rl.utils.options import options_from_any
+from sfpo_rl.utils.options import is_int, is_number, options_from_any, require
 
 if TYPE_CHECKING:
     import torch
@@ -63,26 +63,24 @@ class RewardConfig:
     overlong_buffer: OverlongBufferConfig = field(default_factory=OverlongBufferConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float):
-            raise VerifierError(f"reward.timeout_s must be a number > 0, got {self.timeout_s!r}")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise VerifierError(f"reward.timeout_s must be a number > 0, got {self.timeout_s!r}")
-        if self.timeout_mode not in TIMEOUT_MODES:
-            raise VerifierError(
-                f"reward.timeout_mode must be one of {', '.join(TIMEOUT_MODES)}, got {self.timeout_mode!r}"
-            )
-        if isinstance(self.num_processes, bool) or not isinstance(self.num_processes, int):
-            raise VerifierError(f"reward.num_processes must be an integer >= 1, got {self.num_processes!r}")
-        if self.num_processes < 1:
-            raise VerifierError(f"reward.num_processes must be an integer >= 1, got {self.num_processes!r}")
-        if self.custom_function is not None and not isinstance(self.custom_function, str):
-            raise VerifierError(f"reward.custom_function must be a string, got {self.custom_function!r}")
+        check = functools.partial(require, error=VerifierError)
+        timeout = self.timeout_s
+        check(is_number(timeout) and timeout > 0, "reward.timeout_s", "a number > 0", timeout)
+        check(
+            self.timeout_mode in TIMEOUT_MODES,
+            "reward.timeout_mode",
+            f"one of {', '.join(TIMEOUT_MODES)}",
+            self.timeout_mode,
+        )
+        n = self.num_processes
+        check(is_int(n) and n >= 1, "reward.num_processes", "an integer >= 1", n)
+        custom = self.custom_function
+        check(custom is None or isinstance(custom, str), "reward.custom_function", "a string", custom)
         for option in ("custom_kwargs", "verifier_kwargs"):
-            if not isinstance(getattr(self, option), Mapping):
-                raise VerifierError(f"reward.{option} must be a mapping, got {getattr(self, option)!r}")
+            value = getattr(self, option)
+            check(isinstance(value, Mapping), f"reward.{option}", "a mapping", value)
         for name, options in self.verifier_kwargs.items():
-            if not isinstance(options, Mapping):
-                raise VerifierError(f"reward.verifier_kwargs.{name} must be a mapping, got {options!r}")
+            check(isinstance(options, Mapping), f"reward.verifier_kwargs.{name}", "a mapping", options)
         if isinstance(self.overlong_buffer, Mapping):  # built from a plain mapping
             self.overlong_buffer = options_from_any(
                 OverlongBufferConfig, self.overlong_buffer, "reward.overlong_buffer", VerifierError

@@ -11,7 +11,6 @@ experiment changes. Nothing here imports Ray or vLLM.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +22,13 @@ from sfpo_rl.algorithms.advantages import advantage_estimators, needs_groups
 from sfpo_rl.algorithms.dapo import FilterGroupsConfig
 from sfpo_rl.algorithms.kl import KL_ESTIMATORS
 from sfpo_rl.algorithms.sfpo import SFPOConfig
+from sfpo_rl.data.dataset import check_prompt_options
 from sfpo_rl.rewards.scoring import RewardConfig
 from sfpo_rl.trainer.tracking import KNOWN_LOGGERS
 from sfpo_rl.utils.options import ConfigError, is_int, is_number, require
-from sfpo_rl.workers.actor_config import ActorConfig
+from sfpo_rl.workers.actor_config import MOVED as ACTOR_MOVED
+from sfpo_rl.workers.actor_config import ActorConfig, moved_option
+from sfpo_rl.workers.faults import NONFINITE_LOSS_POINT, WORKER_KILL
 from sfpo_rl.workers.rollout_config import RolloutConfig
 
 __all__ = ["ConfigError", "RunConfig", "register_schema", "to_run_config"]
@@ -35,7 +37,8 @@ PLACEMENTS = ("colocated", "split")
 # Rollout sampling seeds a training step may use (its prompts' rows x rollout.n, over all generation rounds):
 # step s draws from [s * SEEDS_PER_STEP, (s + 1) * SEEDS_PER_STEP), so no two steps share a seed.
 SEEDS_PER_STEP = 1_000_000
-WORKER_KILL = re.compile(r"(\d+):(actor|rollout|reward|ref):(\d+)")  # trainer.inject_worker_kill entries
+# Options that left their place: old path -> new path.
+MOVED = {**ACTOR_MOVED, "trainer.inject_worker_kill": "faults.worker_kill"}
 # Options a config group leaves for the user to fill in (`???` in its YAML), with how to give them.
 REQUIRED = {
     "model.path": "model=hf needs model.path=/path/to/hf_model_dir",
@@ -69,7 +72,8 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     prompt_template: str | None = None  # "{prompt}" format string when the tokenizer has no chat template
-    overlong_prompts: str = "filter"  # "filter" | "truncate" prompts longer than rollout.max_prompt_length
+    # "filter" | "truncate" | "error": what becomes of prompts longer than rollout.max_prompt_length
+    overlong_prompts: str = "filter"
 
     def __post_init__(self) -> None:
         b = self.train_batch_size
@@ -78,12 +82,7 @@ class DataConfig:
         require(
             cap is None or (is_int(cap) and cap >= 1), "data.val_max_samples", "null or an integer >= 1", cap
         )
-        require(
-            self.overlong_prompts in ("filter", "truncate"),
-            "data.overlong_prompts",
-            "filter or truncate",
-            self.overlong_prompts,
-        )
+        check_prompt_options(self.overlong_prompts, self.prompt_template)
         require(
             (self.train_files is None) == (self.val_files is None),
             "data.val_files",
@@ -209,9 +208,6 @@ class TrainerConfig:
     # A worker call (one generate, score, log-prob or update call...) running longer than this is taken as
     # hung: the group is restarted like a dead one, or the run stops (actor). 0: wait forever.
     worker_timeout_s: float = 7200.0
-    # Testing only: SIGKILL one worker process at the start of a step, "<step>:<role>:<rank>" (role: actor,
-    # rollout, reward or ref), e.g. ["4:reward:0"], to exercise the crash handling and resume end to end.
-    inject_worker_kill: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("nnodes", "total_steps", "keep_last", "max_consecutive_nonfinite"):
@@ -234,6 +230,34 @@ class TrainerConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Testing only: faults injected on purpose to exercise the crash and non-finite handling end to end. A
+    non-finite loss is a hook installed on the actor only when one is configured (sfpo_rl/workers/faults.py);
+    worker kills are sent by the driver at the start of their step."""
+
+    # Make the actor's loss NaN at these points. An entry is a training step (1-based), "3", or a step and one
+    # pass of it: "3:update", "3:fast0", "3:slow".
+    nonfinite_loss: list[str] = field(default_factory=list)
+    # SIGKILL one worker process at the start of a step, "<step>:<role>:<rank>" (role: actor, rollout, reward or
+    # ref), e.g. ["4:reward:0"], to exercise the crash handling and resume (the ranks are checked by RunConfig).
+    worker_kill: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        points = self.nonfinite_loss
+        bad = (
+            [points]
+            if isinstance(points, str)
+            else [p for p in points if not NONFINITE_LOSS_POINT.match(str(p))]
+        )
+        require(
+            not bad,
+            "faults.nonfinite_loss",
+            f'a list of "<step>" or "<step>:<pass>" (pass: update, slow, fast<k>), e.g. ["3", "4:fast0"]; got {bad}',
+        )
+        self.nonfinite_loss = [str(p) for p in points]
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -244,11 +268,12 @@ class RunConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     @property
     def uses_ref(self) -> bool:
         """A KL term needs a frozen reference policy, placed like the actor."""
-        return self.actor.use_kl_loss or self.algorithm.use_kl_in_reward
+        return self.actor.loss.use_kl_loss or self.algorithm.use_kl_in_reward
 
     @property
     def ref_worker(self) -> bool:
@@ -308,9 +333,9 @@ class RunConfig:
             buffer.len,
         )
         require(
-            not (algo.use_kl_in_reward and actor.use_kl_loss),
+            not (algo.use_kl_in_reward and actor.loss.use_kl_loss),
             "algorithm.use_kl_in_reward",
-            "false when actor.use_kl_loss is true (choose one place for the KL term)",
+            "false when actor.loss.use_kl_loss is true (choose one place for the KL term)",
         )
         require(
             not (actor.lora.enabled and rollout.free_cache_engine and rollout.sleep_level == 2),
@@ -342,25 +367,25 @@ class RunConfig:
             "reward": res.reward_workers,
             "ref": self.actor_world_size if self.ref_worker else 0,
         }
-        kills = {str(k): WORKER_KILL.fullmatch(str(k)) for k in trainer.inject_worker_kill}
+        kills = {str(k): WORKER_KILL.fullmatch(str(k)) for k in self.faults.worker_kill}
         bad_kills = [k for k, m in kills.items() if not (m and int(m[3]) < ranks[m[2]])]
         require(
             not bad_kills,
-            "trainer.inject_worker_kill",
+            "faults.worker_kill",
             f'a list of "<step>:<role>:<rank>" naming a worker this run has (ranks: {ranks}), e.g. ["4:reward:0"]; '
             f"got {bad_kills}",
         )
         # One update must split into whole, equal mini-batches on every FSDP rank.
-        world, mini = self.actor_world_size, actor.ppo_mini_batch_size
+        world, mini = self.actor_world_size, actor.batching.ppo_mini_batch_size
         rows = self.data.train_batch_size * rollout.n
         require(
             mini % world == 0,
-            "actor.ppo_mini_batch_size",
+            "actor.batching.ppo_mini_batch_size",
             f"a multiple of the {world} actor ranks (trainer.nnodes x resources.actor_ranks_per_node), got {mini}",
         )
         require(
             rows % mini == 0,
-            "actor.ppo_mini_batch_size",
+            "actor.batching.ppo_mini_batch_size",
             f"a divisor of the {rows} rollouts per step (data.train_batch_size={self.data.train_batch_size} x "
             f"rollout.n={rollout.n}), got {mini}",
         )
@@ -378,6 +403,11 @@ def register_schema() -> None:
     OmegaConf.register_new_resolver("sfpo_rl_algorithm", algorithm_label, replace=True)
 
 
+def moved_override(overrides: list[str]) -> str | None:
+    """Where an option of these command-line overrides went, if one names an option at its old place."""
+    return moved_option((override.lstrip("+~").split("=", 1)[0] for override in overrides), MOVED)
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """The typed, validated run configuration of a composed config (or of a plain one, e.g. read back from a
     run's config.yaml); ConfigError naming the option otherwise."""
@@ -385,6 +415,9 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
         section, option = key.split(".")
         if section in cfg and OmegaConf.is_missing(cfg[section], option):
             raise ConfigError(f"{key} must be set ({hint})")
+    given = (f"{section}.{key}" for section in ("actor", "trainer") if section in cfg for key in cfg[section])
+    if moved := moved_option(given, MOVED):
+        raise ConfigError(moved)
     if "hydra" in cfg:  # composed with return_hydra_config=True: the hydra node is not part of the run
         cfg = cfg.copy()
         with open_dict(cfg):

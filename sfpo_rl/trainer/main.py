@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sfpo_rl.data.io import DataError
 from sfpo_rl.trainer.checkpoint import CheckpointError, CheckpointManager
-from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
+from sfpo_rl.trainer.config import ConfigError, RunConfig, moved_override, register_schema, to_run_config
 from sfpo_rl.trainer.learning_curve import plot_learning_curve
 from sfpo_rl.trainer.run_dir import RunDir
 from sfpo_rl.trainer.setup import CONFIG_DIR, check_model_options, prepare_model_and_data, start_ray
@@ -183,6 +183,8 @@ def main() -> None:
     except SystemExit as exc:
         # Hydra reports an override it cannot compose (a misspelt or mistyped option) and exits 1: bad input.
         if exc.code == 1 and not _composed:
+            if moved := moved_override(sys.argv[1:]):
+                print(f"sfpo-rl-train: {moved}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
         raise
 

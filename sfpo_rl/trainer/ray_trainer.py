@@ -189,7 +189,7 @@ class RLTrainer:
             stats.append(scored.meta.get("generation_stats", {}))
             return scored
 
-        unit = mini_batch_unit(config.actor.ppo_mini_batch_size, n)
+        unit = mini_batch_unit(config.actor.batching.ppo_mini_batch_size, n)
         try:
             generated, batch, metrics = sample_groups(generate_round, batch_size, filter_groups, unit)
         except SamplingCapReached as exc:
@@ -275,7 +275,7 @@ class RLTrainer:
                 self.groups.write_pids(self.run_dir)
 
     def _inject_worker_kills(self, step: int) -> None:
-        for entry in self.config.trainer.inject_worker_kill:
+        for entry in self.config.faults.worker_kill:
             at, role, rank = entry.split(":")
             if int(at) == step:
                 print(

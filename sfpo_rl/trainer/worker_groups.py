@@ -130,7 +130,10 @@ def build_worker_groups(config: RunConfig, model_path: str) -> WorkerGroups:
     use_gpu = trainer.n_gpus_per_node > 0
     nodes = [res.actor_ranks_per_node] * trainer.nnodes
     specs = {
-        "actor": (ActorWorker, (model_path, config.actor)),
+        "actor": (
+            ActorWorker,
+            (model_path, config.actor, config.trainer.total_steps, config.faults.nonfinite_loss),
+        ),
         "ref": (ReferenceWorker, (model_path, config.actor)),
     }
 

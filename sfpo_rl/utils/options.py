@@ -16,11 +16,13 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the option (`section.option`)."""
 
 
-def require(ok: bool, option: str, expected: str, value: Any = _NOT_GIVEN) -> None:
-    """Raise ConfigError("<option> must be <expected>[, got <value>]") unless `ok`."""
+def require(
+    ok: bool, option: str, expected: str, value: Any = _NOT_GIVEN, error: type[Exception] = ConfigError
+) -> None:
+    """Raise `error`("<option> must be <expected>[, got <value>]") unless `ok`."""
     if not ok:
         got = "" if value is _NOT_GIVEN else f", got {value!r}"
-        raise ConfigError(f"{option} must be {expected}{got}")
+        raise error(f"{option} must be {expected}{got}")
 
 
 def options_from_any(cls: type[T], config: Any, section: str, error: type[Exception] = ConfigError) -> T:

@@ -2,7 +2,7 @@
 
 `FSDPPolicy` is one rank of a sharded causal LM that only computes log-probs (the frozen reference policy uses
 it as it is: no gradients, optimizer or schedule); `FSDPActor` adds the updates, with the policy loss chosen by
-`actor.policy_loss` from the registry in `sfpo_rl.algorithms.policy_loss`. Both are usable without Ray, vLLM
+`actor.loss.policy_loss` from the registry in `sfpo_rl.algorithms.policy_loss`. Both are usable without Ray, vLLM
 or Hydra inside any initialised torch.distributed process group (one object per rank, each called with its
 own rows); their Ray shells are in `sfpo_rl.workers.actor_worker`. An update returns an `UpdateResult`.
 
@@ -10,7 +10,7 @@ Batches: every rank gets a contiguous chunk of the global batch (the worker grou
 `ppo_mini_batch_size / world_size` consecutive rows of each rank's chunk, so global mini-batch j is the union of
 the ranks' j-th local mini-batches (with `shuffle_mini_batches`, of their j-th local permuted mini-batches).
 
-No wasted work: a micro-batch holds rows of similar length up to `actor.max_tokens_per_micro_batch` tokens
+No wasted work: a micro-batch holds rows of similar length up to `actor.batching.max_tokens_per_micro_batch` tokens
 (`sfpo_rl.algorithms.micro_batches`; `micro_batch_size_per_gpu` gives fixed-count micro-batches instead), a
 padded forward cuts the columns that are padding in every row, a packed forward has no padding at all
 (`sfpo_rl.algorithms.packing`), and gradients are reduce-scattered once per mini-batch, after its last
@@ -34,6 +34,7 @@ counts such steps and stops a run that keeps producing them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -138,8 +139,8 @@ class FSDPPolicy:
             **({"attn_implementation": attention} if attention else {}),
         )
         model.config.use_cache = False
-        self.packed = cfg.forward_layout == "packed" or (
-            cfg.forward_layout == "auto" and model.config._attn_implementation in VARLEN_ATTENTION
+        self.packed = cfg.batching.forward_layout == "packed" or (
+            cfg.batching.forward_layout == "auto" and model.config._attn_implementation in VARLEN_ATTENTION
         )
         if not trainable:
             model.requires_grad_(False)
@@ -147,7 +148,7 @@ class FSDPPolicy:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lora = cfg.lora if trainable and cfg.lora.enabled else None
         if self.lora is not None:  # before sharding: FSDP2 then shards the frozen base and the adapter alike
-            model = add_adapter(model, self.lora, seed=cfg.seed)
+            model = add_adapter(model, self.lora, seed=cfg.batching.seed)
         reduce_dtype = DTYPES[cfg.reduce_dtype]
         mp_policy = None
         if (param_dtype, reduce_dtype) != (torch.float32, torch.float32):
@@ -237,7 +238,7 @@ class FSDPPolicy:
             groups = fixed_micro_batches(len(data), rows_per_micro_batch)
         else:
             lengths = row_lengths(data["attention_mask"], data["responses"].shape[1])
-            budget = self.config.max_tokens_per_micro_batch
+            budget = self.config.batching.max_tokens_per_micro_batch
             groups = plan_micro_batches(*lengths, budget, self.packed)
             if same_count_on_all_ranks:
                 count = int(all_reduce_max(len(groups), self.device))
@@ -247,7 +248,7 @@ class FSDPPolicy:
             if over and not self._warned_over_budget:
                 self._warned_over_budget = True
                 logger.warning(
-                    "actor: a row of %d tokens exceeds actor.max_tokens_per_micro_batch=%d; such rows run alone",
+                    "actor: a row of %d tokens exceeds actor.batching.max_tokens_per_micro_batch=%d; such rows run alone",
                     micro_batch_cost(*lengths, over[0], self.packed),
                     budget,
                 )
@@ -260,7 +261,7 @@ class FSDPPolicy:
         columns = [k for k in (*FORWARD_KEYS, "position_ids") if k in batch.tensors]
         data = batch.select(keys=columns, non_tensor_keys=[]).to(self.device)
         groups = self._micro_batches(
-            data, self.config.log_prob_micro_batch_size, same_count_on_all_ranks=False
+            data, self.config.batching.log_prob_micro_batch_size, same_count_on_all_ranks=False
         )
         # Every rank must run as many forwards as the busiest one (each forward all-gathers parameters).
         count = int(all_reduce_max(len(groups), self.device))
@@ -294,25 +295,43 @@ class FSDPPolicy:
 class FSDPActor(FSDPPolicy):
     """One rank of the actor: the policy with its optimizer, LR schedule, updates and checkpoints."""
 
-    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        config: ActorConfig | Mapping[str, Any],
+        total_steps: int | None = None,
+    ):
+        """`total_steps`: the run's training steps (trainer.total_steps), the length of the LR schedule; needed
+        by a cosine schedule and by a warmup ratio."""
         super().__init__(model_path, config, trainable=True)
         cfg = self.config
-        if cfg.ppo_mini_batch_size % self.world_size:
-            raise ValueError(
-                f"actor.ppo_mini_batch_size={cfg.ppo_mini_batch_size} must be a multiple of the number of actor "
-                f"ranks ({self.world_size}): each rank takes an equal share of every mini-batch"
-            )
-        self.policy_loss = get_policy_loss(cfg.policy_loss)
+        self.policy_loss = get_policy_loss(cfg.loss.policy_loss)
+        # The loss options every micro-batch's LossInputs share.
+        self.loss_inputs = functools.partial(
+            LossInputs,
+            clip_ratio_low=cfg.loss.clip_ratio_low,
+            clip_ratio_high=cfg.loss.clip_ratio_high,
+            clip_ratio_c=cfg.loss.clip_ratio_c,
+            loss_agg_mode=cfg.loss.loss_agg_mode,
+        )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # Each rank's loss counts world_size times, because FSDP averages gradients over ranks.
+        self.loss_scale = float(self.world_size)
+        opt = cfg.optimizer
+        if opt.needs_total_steps and total_steps is None:
+            raise ValueError(
+                f"{type(self).__name__}: actor.optimizer.lr_schedule={opt.lr_schedule} with warmup_ratio="
+                f"{opt.warmup_ratio} needs total_steps (trainer.total_steps)"
+            )
         self.optimizer = build_optimizer(
-            self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps
+            self.model, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps
         )
         self.scheduler = build_scheduler(
             self.optimizer,
-            schedule=cfg.lr_schedule,
-            warmup_steps=cfg.resolved_warmup_steps,
-            total_steps=cfg.total_steps,
-            min_lr_ratio=cfg.min_lr_ratio,
+            schedule=opt.lr_schedule,
+            warmup_steps=opt.resolved_warmup_steps(total_steps),
+            total_steps=total_steps,
+            min_lr_ratio=opt.min_lr_ratio,
         )
 
     @torch.no_grad()
@@ -393,19 +412,19 @@ class FSDPActor(FSDPPolicy):
     def _training_data(self, batch: Batch) -> Batch:
         """The update's columns on the device, after checking every rank holds the same whole number of local
         mini-batches (ranks must run the same number of forward/backward passes)."""
-        keys = [*UPDATE_KEYS, *(("ref_log_probs",) if self.config.use_kl_loss else ())]
+        keys = [*UPDATE_KEYS, *(("ref_log_probs",) if self.config.loss.use_kl_loss else ())]
         missing = [k for k in keys if k not in batch.tensors]
         if missing:
             raise KeyError(f"actor update: batch lacks {missing}; it has {sorted(batch.keys())}")
         sizes = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world_size)]
         dist.all_gather(sizes, torch.tensor([len(batch)], device=self.device))
         sizes = [int(s.item()) for s in sizes]
-        local_mini = self.config.ppo_mini_batch_size // self.world_size
+        local_mini = self.config.batching.ppo_mini_batch_size // self.world_size
         if len(set(sizes)) != 1 or sizes[0] == 0 or sizes[0] % local_mini:
             raise ValueError(
                 f"actor update: the batch ({sum(sizes)} rows, {sizes} per rank) must split into whole "
-                f"mini-batches of actor.ppo_mini_batch_size={self.config.ppo_mini_batch_size} rows, equally "
-                f"over {self.world_size} ranks (a multiple of {self.config.ppo_mini_batch_size} rows)"
+                f"mini-batches of actor.batching.ppo_mini_batch_size={self.config.batching.ppo_mini_batch_size} rows, equally "
+                f"over {self.world_size} ranks (a multiple of {self.config.batching.ppo_mini_batch_size} rows)"
             )
         columns = [*keys, *(("position_ids",) if "position_ids" in batch.tensors else ())]
         return batch.select(keys=columns, non_tensor_keys=[]).to(self.device)
@@ -413,35 +432,33 @@ class FSDPActor(FSDPPolicy):
     def _row_order(self, n_rows: int, pass_index: int, epoch: int) -> torch.Tensor | None:
         """Row permutation of one epoch (None: in order). Seeded by (seed, training step, pass, epoch), so a
         resumed run shuffles as the original would have."""
-        if not self.config.shuffle_mini_batches:
+        if not self.config.batching.shuffle_mini_batches:
             return None
         step = self.scheduler.last_epoch
         # hash() of a tuple of ints is the same in every process (only str/bytes hashing is salted).
         generator = torch.Generator().manual_seed(
-            hash((self.config.seed, step, pass_index, epoch)) & (2**63 - 1)
+            hash((self.config.batching.seed, step, pass_index, epoch)) & (2**63 - 1)
         )
         return torch.randperm(n_rows, generator=generator)
 
     def _policy_pass(self, data: Batch, pass_index: int, stage: str) -> PassResult:
         """One ordinary update: ppo_epochs x (mini-batches, each one optimizer step), reduced over ranks. `stage`
-        (update, fast<k>, slow) names the pass for `actor.inject_nonfinite_loss`."""
+        (update, fast<k>, slow) names the pass for fault injection (sfpo_rl.workers.faults)."""
         cfg = self.config
-        step = self.scheduler.last_epoch + 1  # 1-based: the schedule advances once per training step
-        poison = bool({str(step), f"{step}:{stage}"} & set(cfg.inject_nonfinite_loss))
         temperature = self._temperature(data)
-        local_mini = cfg.ppo_mini_batch_size // self.world_size
+        local_mini = cfg.batching.ppo_mini_batch_size // self.world_size
         sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64, device=self.device)
         ratio_max = torch.full((1,), -math.inf, dtype=torch.float64, device=self.device)
         grad_norms: list[float] = []
         skipped = 0
         self.model.train()
-        for epoch in range(cfg.ppo_epochs):
+        for epoch in range(cfg.batching.ppo_epochs):
             order = self._row_order(len(data), pass_index, epoch)
             for first in range(0, len(data), local_mini):
                 rows = (
                     slice(first, first + local_mini) if order is None else order[first : first + local_mini]
                 )
-                grad_norm = self._optimizer_step(data[rows], temperature, sums, ratio_max, poison)
+                grad_norm = self._optimizer_step(data[rows], temperature, sums, ratio_max)
                 grad_norms.append(grad_norm)
                 skipped += not math.isfinite(grad_norm)
         sums = all_reduce_sum(sums)
@@ -462,19 +479,19 @@ class FSDPActor(FSDPPolicy):
             "actor/n_optimizer_steps": float(n_steps - skipped),
             "actor/skipped_steps": float(skipped),
         }
-        if cfg.use_kl_loss:
+        if cfg.loss.use_kl_loss:
             metrics["actor/kl_loss"] = total["kl_loss"] / n_steps
         return PassResult(metrics, skipped, entropy)
 
     def _optimizer_step(
-        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
+        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor
     ) -> float:
         """Accumulate the mini-batch's gradient, clip, step. Returns the global grad norm, NaN when the loss was
         non-finite on any rank; a non-finite result skips the step (gradients dropped, parameters and Adam
         state untouched)."""
         cfg = self.config
-        nonfinite_loss = self._backward_mini_batch(mini, temperature, sums, ratio_max, poison)
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        nonfinite_loss = self._backward_mini_batch(mini, temperature, sums, ratio_max)
+        max_norm = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
@@ -490,12 +507,12 @@ class FSDPActor(FSDPPolicy):
         return grad_norm
 
     def _backward_mini_batch(
-        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor, poison: bool
+        self, mini: Batch, temperature: float, sums: torch.Tensor, ratio_max: torch.Tensor
     ) -> torch.Tensor:
         """Backward of the mini-batch's loss, micro-batch by micro-batch, leaving its gradient (reduced over
         ranks) in the parameters' .grad; adds the metric terms to `sums` and `ratio_max`. Returns 1 where this
         rank's loss was non-finite, else 0. Collective."""
-        cfg = self.config
+        cfg, loss_cfg = self.config, self.config.loss
         nonfinite_loss = torch.zeros(1, dtype=torch.float64, device=self.device)
         counts = all_reduce_sum(
             torch.stack(
@@ -506,38 +523,38 @@ class FSDPActor(FSDPPolicy):
             )
         )
         num_tokens, num_seqs = counts.tolist()
-        groups = self._micro_batches(mini, cfg.micro_batch_size_per_gpu, same_count_on_all_ranks=True)
+        groups = self._micro_batches(
+            mini, cfg.batching.micro_batch_size_per_gpu, same_count_on_all_ranks=True
+        )
         for i, rows in enumerate(groups):
             micro = mini[rows]
             # Reduce-scatter only after the mini-batch's last micro-batch; until then gradients accumulate
             # unsharded on each rank.
-            self.model.set_requires_gradient_sync(cfg.sync_grads_every_micro_batch or i == len(groups) - 1)
+            self.model.set_requires_gradient_sync(
+                cfg.batching.sync_grads_every_micro_batch or i == len(groups) - 1
+            )
             mask = micro["response_mask"]
-            log_prob, entropy = self._forward(micro, temperature, entropy_grad=cfg.entropy_coeff != 0)
-            inputs = LossInputs(
+            log_prob, entropy = self._forward(micro, temperature, entropy_grad=loss_cfg.entropy_coeff != 0)
+            inputs = self.loss_inputs(
                 log_prob,
                 micro["old_log_probs"],
                 micro["advantages"],
                 mask,
-                clip_ratio_low=cfg.clip_ratio_low,
-                clip_ratio_high=cfg.clip_ratio_high,
-                clip_ratio_c=cfg.clip_ratio_c,
-                loss_agg_mode=cfg.loss_agg_mode,
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
             )
             pg_loss, pg_metrics = self.policy_loss(inputs)
             loss = pg_loss
-            if cfg.entropy_coeff != 0:
-                loss = loss - cfg.entropy_coeff * inputs.aggregate(entropy)
+            if loss_cfg.entropy_coeff != 0:
+                loss = loss - loss_cfg.entropy_coeff * inputs.aggregate(entropy)
             kl_loss = torch.zeros((), device=self.device)
-            if cfg.use_kl_loss:
-                kl_loss = inputs.aggregate(kl_penalty(log_prob, micro["ref_log_probs"], cfg.kl_loss_type))
-                loss = loss + cfg.kl_loss_coef * kl_loss
-            if poison:
-                loss = loss * math.nan
-            nonfinite_loss += (~torch.isfinite(loss.detach())).double()
-            (loss * self.world_size).backward()
+            if loss_cfg.use_kl_loss:
+                kl = kl_penalty(log_prob, micro["ref_log_probs"], loss_cfg.kl_loss_type)
+                kl_loss = inputs.aggregate(kl)
+                loss = loss + loss_cfg.kl_loss_coef * kl_loss
+            scaled = loss * self.loss_scale
+            nonfinite_loss += (~torch.isfinite(scaled.detach())).double()
+            scaled.backward()
 
             micro_tokens = mask.sum()
             with torch.no_grad():

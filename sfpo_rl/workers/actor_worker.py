@@ -4,7 +4,7 @@ which itself needs no Ray)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
 from sfpo_rl.workers.actor import FSDPActor
 from sfpo_rl.workers.actor_config import ActorConfig
+from sfpo_rl.workers.faults import inject_nonfinite_loss
 from sfpo_rl.workers.update_result import UpdateResult
 from sfpo_rl.workers.weight_sync import WeightBucket, actor_bucket
 
@@ -28,9 +29,18 @@ class ActorWorker(Worker):
     """Ray shell of one actor rank. Update results come back per rank (a list, rank order); they are already
     reduced over ranks, so every entry is the same."""
 
-    def __init__(self, model_path: str | os.PathLike, config: ActorConfig | Mapping[str, Any]):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        config: ActorConfig | Mapping[str, Any],
+        total_steps: int | None = None,
+        nonfinite_loss: Sequence[str] = (),
+    ):
+        """`nonfinite_loss`: faults.nonfinite_loss, the update passes whose loss is made NaN (tests only)."""
         join_ranks(self)
-        self.actor = FSDPActor(model_path, config)
+        self.actor = FSDPActor(model_path, config, total_steps)
+        if nonfinite_loss:
+            inject_nonfinite_loss(self.actor, nonfinite_loss)
 
     @register(Dispatch.DP_SPLIT)
     def compute_log_prob(self, batch: Batch) -> Batch:

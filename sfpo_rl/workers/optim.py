@@ -47,7 +47,7 @@ def lr_multiplier(
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
-        assert total_steps is not None  # checked by ActorConfig
+        assert total_steps is not None  # checked by FSDPActor
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -25,14 +25,14 @@ COLOCATED_RUN = [
     "resources.placement=colocated",
     "data.train_batch_size=8",
     "rollout.n=4",
-    "actor.ppo_mini_batch_size=16",
+    "actor.batching.ppo_mini_batch_size=16",
     "data.val_max_samples=32",
     "trainer.logger=[console]",
     "trainer.total_steps=3",
     "trainer.val_every=3",
     "trainer.save_every=2",
     "algorithm.sfpo.inner_steps=2",
-    "actor.use_kl_loss=true",
+    "actor.loss.use_kl_loss=true",
 ]
 
 

@@ -24,7 +24,7 @@ TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
 SMALL = [
     "data.train_batch_size=8",
     "rollout.n=4",
-    "actor.ppo_mini_batch_size=16",
+    "actor.batching.ppo_mini_batch_size=16",
     "data.val_max_samples=32",
     "trainer.logger=[console]",
     "trainer.total_steps=3",
@@ -102,7 +102,7 @@ def test_killed_sfpo_on_dapo_run_resumes_bit_exact(tmp_path, warmstart_cache, sf
     """Actor rank 1 is SIGKILLed as step 3 starts (after the step-2 checkpoint): the launch stops naming it.
     Run again, it resumes at step 2 and its step 3 and final weights equal the uninterrupted run's bit for bit:
     the loader position, extra rounds included, came back from the checkpoint."""
-    first = run(train_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO, "trainer.inject_worker_kill=[3:actor:1]"))
+    first = run(train_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO, "faults.worker_kill=[3:actor:1]"))
     assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-5000:]
     assert "actor worker rank 1" in first.stderr and "died" in first.stderr
     assert f"the last complete checkpoint is {tmp_path / 'checkpoints' / 'step_2'}" in first.stderr

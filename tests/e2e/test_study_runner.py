@@ -49,7 +49,7 @@ def study_file(tmp_path_factory, tiny_model_dir):
             f"data.val_files=[{val}]",
             "data.train_batch_size=4",
             "rollout.n=2",
-            "actor.ppo_mini_batch_size=8",
+            "actor.batching.ppo_mini_batch_size=8",
             "rollout.max_prompt_length=256",
             "rollout.max_response_length=32",
             "trainer.val_every=3",

@@ -27,7 +27,7 @@ TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
 SMALL = [
     "data.train_batch_size=8",
     "rollout.n=4",
-    "actor.ppo_mini_batch_size=16",
+    "actor.batching.ppo_mini_batch_size=16",
     "data.val_max_samples=32",
     "trainer.logger=[console]",
 ]
@@ -164,7 +164,10 @@ def test_killed_run_resumes_and_matches_the_uninterrupted_run(tmp_path, warmstar
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("actor.ppo_mini_batch_size=12", "actor.ppo_mini_batch_size must be a divisor of the 32 rollouts"),
+        (
+            "actor.batching.ppo_mini_batch_size=12",
+            "actor.batching.ppo_mini_batch_size must be a divisor of the 32 rollouts",
+        ),
         ("algorithm.sfpo.alpha=1.5", "algorithm.sfpo.alpha must be a number in [0, 1]"),
         ("actor.lrr=1", "Could not override 'actor.lrr'"),
         ("rollout.n=many", "rollout.n=many"),

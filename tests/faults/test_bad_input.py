@@ -145,9 +145,9 @@ CASES = {
     ),
     "malformed fault-injection point": (
         {},
-        ("actor.inject_nonfinite_loss=[soon]",),
+        ("faults.nonfinite_loss=[soon]",),
         ConfigError,
-        "actor.inject_nonfinite_loss must be a list of",
+        "faults.nonfinite_loss must be a list of",
     ),
 }
 
@@ -181,3 +181,19 @@ def test_command_line_reports_a_bad_model_in_one_line(tmp_path, inputs, faults):
         assert proc.returncode == 2
         assert proc.stderr.startswith(f"sfpo-rl-train: model.path={inputs['small_vocab']}: the tokenizer has")
         assert "Traceback" not in proc.stderr
+
+
+def test_an_option_at_its_old_place_is_refused_naming_the_new_one(tmp_path, faults):
+    for old, new in (
+        ("actor.lr", "actor.optimizer.lr"),
+        ("trainer.inject_worker_kill", "faults.worker_kill"),
+    ):
+        with faults.bad_input(f"{old} on the command line"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "sfpo_rl.trainer.main", f"{old}=[1]", f"trainer.run_dir={tmp_path}"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert proc.returncode == 2
+            assert f"sfpo-rl-train: {old} has moved: it is now {new}" in proc.stderr

@@ -1,4 +1,4 @@
-"""Non-finite losses injected (actor.inject_nonfinite_loss) into each stage of the FSDP2 actor on 2 CPU ranks:
+"""Non-finite losses injected (faults.nonfinite_loss) into each stage of the FSDP2 actor on 2 CPU ranks:
 a poisoned step is skipped and no NaN reaches the weights; a poisoned SFPO fast pass restores the slow weights.
 Results are compared with a plain single-process transformers + AdamW reference (tests/integration's)."""
 
@@ -26,9 +26,11 @@ from actor_helpers import (  # noqa: E402
     plain_update,
     record_steps,
     run_ranks,
+    sectioned,
 )
 
 from sfpo_rl.workers.actor import FSDPActor  # noqa: E402
+from sfpo_rl.workers.faults import inject_nonfinite_loss  # noqa: E402
 from sfpo_rl.workers.update_result import FastTrajectory  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -55,7 +57,9 @@ def _job(rank: int, model_dir: str, batch, out: str) -> None:
     local = batch.split(WORLD)[rank]
     results = {}
     for name, point in [("clean", None), *POISONED.items()]:
-        actor = FSDPActor(model_dir, {**CONFIG, "inject_nonfinite_loss": [point] if point else []})
+        actor = FSDPActor(model_dir, sectioned(CONFIG))
+        if point:
+            inject_nonfinite_loss(actor, [point])
         steps = record_steps(actor.optimizer, actor.model.named_parameters(), lambda g: g.full_tensor())
         plain = name in ("clean", "update")
         result = actor.update(local) if plain else actor.sfpo_update(local, K, ALPHA)

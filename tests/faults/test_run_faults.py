@@ -10,7 +10,7 @@ worker), run in four launches on one run dir so every launch but the first resum
      starts and the rollout worker as step 5 starts are replaced and the steps go on; steps 5 and 6 are
      poisoned whole: 2 in a row stop the run
 
-The driver itself sends each SIGKILL (`trainer.inject_worker_kill`) at a fixed point of the run, so the test
+The driver itself sends each SIGKILL (`faults.worker_kill`) at a fixed point of the run, so the test
 does not race the training loop. Each killed launch must exit non-zero with a message naming the role and
 rank (no traceback) and leave its last checkpoint intact; each resume must continue from the last intact
 checkpoint without losing or repeating a step.
@@ -47,7 +47,7 @@ TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
 JOB = [
     "data.train_batch_size=4",
     "rollout.n=2",
-    "actor.ppo_mini_batch_size=8",  # one optimizer step per pass
+    "actor.batching.ppo_mini_batch_size=8",  # one optimizer step per pass
     "algorithm.sfpo.inner_steps=2",
     "trainer.total_steps=8",
     "trainer.save_every=1",
@@ -57,12 +57,12 @@ JOB = [
     "trainer.export_hf=false",
     "trainer.logger=[console]",
     "trainer.max_consecutive_nonfinite=2",
-    "actor.inject_nonfinite_loss=[2:fast1,5,6]",
+    "faults.nonfinite_loss=[2:fast1,5,6]",
 ]
 LAUNCH_TIMEOUT_S = 600
 KILLS = {"A": ("rollout", 0, 2), "B": ("reward", 0, 3), "C": ("actor", 1, 4)}  # role, rank, last checkpoint
 NO_RESTARTS = "trainer.max_worker_restarts=0"
-D_KILLS = "trainer.inject_worker_kill=[4:reward:0,5:rollout:0]"
+D_KILLS = "faults.worker_kill=[4:reward:0,5:rollout:0]"
 
 
 def launch(run_dir: Path, cache: Path, name: str, kill: tuple[str, int, int] | None, *overrides: str) -> dict:
@@ -72,7 +72,7 @@ def launch(run_dir: Path, cache: Path, name: str, kill: tuple[str, int, int] | N
     cmd = [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache}", *JOB, *overrides]
     if kill is not None:
         role, rank, step = kill
-        cmd.append(f"trainer.inject_worker_kill=[{step + 1}:{role}:{rank}]")
+        cmd.append(f"faults.worker_kill=[{step + 1}:{role}:{rank}]")
     out, err = open(run_dir / f"{name}.out", "w"), open(run_dir / f"{name}.err", "w")
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
     try:

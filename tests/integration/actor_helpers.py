@@ -12,9 +12,18 @@ from bound_audit import below
 from transformers import AutoModelForCausalLM
 
 from sfpo_rl.bench.ranks import run_ranks  # noqa: F401  (re-exported for the tests)
+from sfpo_rl.bench.workload import sectioned
 from sfpo_rl.protocol import Batch
 
 # ------------------------------------------------------------------ data
+
+
+def actor_args(options: dict) -> tuple[dict, int | None]:
+    """FSDPActor's config and total_steps (a run's trainer.total_steps) from a test's flat options, the form
+    the reference computations here read."""
+    options = dict(options)
+    total_steps = options.pop("total_steps", None)
+    return sectioned(options), total_steps
 
 
 def make_batch(vocab_size: int, pad_id: int, seed: int = 0, temperature: float = 0.8) -> Batch:

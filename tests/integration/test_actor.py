@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from actor_helpers import (
     ADAM_EPS,
+    actor_args,
     assert_update_matches,
     compare_updates,
     flat_params,
@@ -132,7 +133,7 @@ def _memory_job(rank: int, model_dir: str, batch) -> dict:
     """Peak memory of update and of sfpo_update on the same data, after a warm-up of both (Adam state exists,
     code paths are paged in). The minimum of two runs of each damps heap noise."""
     local = _local(batch, rank)
-    actor = FSDPActor(model_dir, CONSTANT_LR)
+    actor = FSDPActor(model_dir, *actor_args(CONSTANT_LR))
     actor.update(local)
     actor.sfpo_update(local, K, ALPHA)
     peaks_update, peaks_sfpo = [], []
@@ -162,7 +163,7 @@ def _log_probs(actor: FSDPPolicy, batch, rank: int, name: str) -> dict:
 def _mini_batch_gradients(model_dir: str, config: dict, local) -> dict:
     """The full gradient of global mini-batch 0 (reduced over ranks), each rank's micro-batches (rows), and how
     many gradient reductions per FSDP module (decoder layer or root) the backward ran."""
-    actor = FSDPActor(model_dir, config)
+    actor = FSDPActor(model_dir, *actor_args(config))
     data = actor._training_data(local)
     mini = data[0 : config["ppo_mini_batch_size"] // WORLD]
     sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64)
@@ -172,7 +173,7 @@ def _mini_batch_gradients(model_dir: str, config: dict, local) -> dict:
     reduce = fsdp_param_group.foreach_reduce  # FSDP2's reduce-scatter of one module's gradients
     fsdp_param_group.foreach_reduce = lambda *a, **k: reductions.append(1) or reduce(*a, **k)
     try:
-        actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max, poison=False)
+        actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max)
     finally:
         fsdp_param_group.foreach_reduce = reduce
     grads = {name: p.grad.full_tensor() for name, p in actor.model.named_parameters()}
@@ -185,7 +186,7 @@ def _mini_batch_gradients(model_dir: str, config: dict, local) -> dict:
 
 def _recording_actor(model_dir: str, config: dict) -> tuple[FSDPActor, list[dict]]:
     """An actor whose every optimizer step records its learning rate and full gradients (actor_helpers)."""
-    actor = FSDPActor(model_dir, config)
+    actor = FSDPActor(model_dir, *actor_args(config))
     return actor, record_steps(actor.optimizer, actor.model.named_parameters(), lambda g: g.full_tensor())
 
 
@@ -233,11 +234,11 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
     del actor
 
     # alpha = 1 keeps the whole fast trajectory: K + 1 ordinary updates (constant LR, so the schedule is moot).
-    actor = FSDPActor(model_dir, CONSTANT_LR)
+    actor = FSDPActor(model_dir, *actor_args(CONSTANT_LR))
     actor.sfpo_update(local, K, 1.0)
     results["alpha1_state"] = actor.state_dict_for_rollout()
     del actor
-    actor = FSDPActor(model_dir, CONSTANT_LR)
+    actor = FSDPActor(model_dir, *actor_args(CONSTANT_LR))
     for _ in range(K + 1):
         actor.update(local)
     results["k_plus_1_state"] = actor.state_dict_for_rollout()
@@ -259,7 +260,7 @@ def _job(rank: int, model_dir: str, batch, memory_model_dir: str, memory_batch, 
     results["gspo_state"] = actor.state_dict_for_rollout()
     del actor
 
-    reference = FSDPPolicy(model_dir, CONFIG)  # inference only: no gradients, no optimizer
+    reference = FSDPPolicy(model_dir, actor_args(CONFIG)[0])  # inference only: no gradients, no optimizer
     log_probs["reference"] = reference.compute_log_prob(local)
     frozen = not any(p.requires_grad for p in reference.model.parameters())
     results["reference_frozen"] = frozen and not hasattr(reference, "optimizer")
@@ -500,13 +501,15 @@ def test_sfpo_peak_memory_over_update_is_at_most_one_local_shard(setup):
 
 
 def test_config_errors_name_the_option():
-    with pytest.raises(ValueError, match=r"actor\.loss_agg_mode"):
-        ActorConfig(loss_agg_mode="mean")
-    with pytest.raises(ValueError, match=r"actor\.total_steps"):
-        ActorConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match=r"actor\.loss\.loss_agg_mode"):
+        ActorConfig.from_any({"loss": {"loss_agg_mode": "mean"}})
+    with pytest.raises(ValueError, match=r"actor\.total_steps.*trainer\.total_steps"):
+        ActorConfig.from_any({"total_steps": 10})
     with pytest.raises(ValueError, match=r"actor\.bogus"):
         ActorConfig.from_any({"bogus": 1})
-    with pytest.raises(ValueError, match=r"actor\.policy_loss must be one of gspo, ppo_clip"):
-        ActorConfig(policy_loss="ppo")
-    with pytest.raises(ValueError, match=r"actor\.clip_ratio_c must be null with actor\.policy_loss=gspo"):
-        ActorConfig(policy_loss="gspo", clip_ratio_c=3.0)
+    with pytest.raises(ValueError, match=r"actor\.loss\.policy_loss must be one of gspo, ppo_clip"):
+        ActorConfig.from_any({"loss": {"policy_loss": "ppo"}})
+    with pytest.raises(
+        ValueError, match=r"actor\.loss\.clip_ratio_c must be null with actor\.loss\.policy_loss=gspo"
+    ):
+        ActorConfig.from_any({"loss": {"policy_loss": "gspo", "clip_ratio_c": 3.0}})

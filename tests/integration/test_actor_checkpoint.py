@@ -9,7 +9,7 @@ import shutil
 import pytest
 import ray
 import torch
-from actor_helpers import make_batch, perturbed, plain_log_probs, plain_model
+from actor_helpers import actor_args, make_batch, perturbed, plain_log_probs, plain_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sfpo_rl.bench.full_state import FullStateActorWorker
@@ -42,7 +42,9 @@ def ray_local() -> bool:
 
 
 def _actor_group(model_dir, name: str) -> RayWorkerGroup:
-    return RayWorkerGroup(ResourcePool([2], name=name), FullStateActorWorker, "actor", str(model_dir), CONFIG)
+    return RayWorkerGroup(
+        ResourcePool([2], name=name), FullStateActorWorker, "actor", str(model_dir), *actor_args(CONFIG)
+    )
 
 
 def test_checkpoint_roundtrip_and_hf_export(ray_local, tiny_model_dir, tmp_path):

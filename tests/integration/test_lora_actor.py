@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from actor_helpers import (
+    actor_args,
     global_mini_batches,
     make_batch,
     perturbed,
@@ -71,7 +72,7 @@ def _adapter_gradients(actor: FSDPActor, local) -> dict[str, torch.Tensor]:
     sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64)
     ratio_max = torch.full((1,), -math.inf, dtype=torch.float64)
     actor.model.train()
-    actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max, poison=False)
+    actor._backward_mini_batch(mini, actor._temperature(local), sums, ratio_max)
     assert all(p.grad is None for p in actor.model.parameters() if not p.requires_grad)
     grads = {
         saved_name(n): p.grad.full_tensor() for n, p in actor.model.named_parameters() if p.requires_grad
@@ -85,7 +86,7 @@ def _job(rank: int, model_dir: str, batch, out_dir: str) -> None:
     results: dict = {}
 
     # SFPO step from the seeded adapter; then the gradients at the adapter it left.
-    actor = FSDPActor(model_dir, CONFIG)
+    actor = FSDPActor(model_dir, *actor_args(CONFIG))
     trainable = local_shards(actor.params)
     everything = local_shards(list(actor.model.parameters()))
     results["local_adapter_bytes"] = sum(t.nbytes for t in trainable)
@@ -113,7 +114,7 @@ def _job(rank: int, model_dir: str, batch, out_dir: str) -> None:
     results["next"] = actor.update(local)
     results["next_adapter"] = actor.adapter_state()
     del actor
-    fresh = FSDPActor(model_dir, CONFIG)
+    fresh = FSDPActor(model_dir, *actor_args(CONFIG))
     fresh.load_checkpoint(ckpt)
     results["restored_log_probs"] = fresh.compute_log_prob(local)
     results["restored_grads"] = _adapter_gradients(fresh, local)

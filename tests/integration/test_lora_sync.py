@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import ray
 import torch
-from actor_helpers import make_batch
+from actor_helpers import make_batch, sectioned
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 
 ROLLOUT = dict(n=1, max_prompt_length=16, max_response_length=12, dtype="float32", kv_cache_gib=0.0625)
 LORA = dict(rank=8, alpha=16.0)
-ACTOR = dict(lr=3e-2, ppo_mini_batch_size=12, micro_batch_size_per_gpu=6, grad_clip=None, lora=LORA)
+ACTOR = sectioned(
+    dict(lr=3e-2, ppo_mini_batch_size=12, micro_batch_size_per_gpu=6, grad_clip=None, lora=LORA)
+)
 TEXTS = ["Compute 12 + 34 - 5.", "The answer is", "46 - 5 = 41.", "Compute", "\\boxed{", "x"]
 
 

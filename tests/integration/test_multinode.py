@@ -207,7 +207,7 @@ def test_actor_ranks_train_on_two_nodes(tmp_path, warmstart_cache):
             f"model.cache_dir={warmstart_cache}",
             "data.train_batch_size=8",
             "rollout.n=4",
-            "actor.ppo_mini_batch_size=16",
+            "actor.batching.ppo_mini_batch_size=16",
             "trainer.total_steps=2",
             "trainer.val_before_train=false",
             "trainer.val_every=0",

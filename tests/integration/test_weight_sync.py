@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import ray
 import torch
-from actor_helpers import make_batch
+from actor_helpers import make_batch, sectioned
 
 from sfpo_rl.controller import RayWorkerGroup, ResourcePool, init_ray
 from sfpo_rl.protocol import Batch
@@ -31,7 +31,7 @@ ROLLOUT = dict(
     kv_cache_gib=0.0625,
     sync_bucket_mb=0.05,
 )
-ACTOR = dict(lr=1e-2, ppo_mini_batch_size=12, micro_batch_size_per_gpu=6, grad_clip=None)
+ACTOR = sectioned(dict(lr=1e-2, ppo_mini_batch_size=12, micro_batch_size_per_gpu=6, grad_clip=None))
 TEXTS = ["Compute 12 + 34 - 5.", "The answer is", "46 - 5 = 41.", "Compute", "\\boxed{", "x"]
 
 

@@ -254,8 +254,12 @@ def composed(*overrides: str):
 def test_the_dapo_preset_and_sfpo_on_it_in_one_override():
     dapo = to_run_config(composed("algorithm=dapo"))
     actor, algo = dapo.actor, dapo.algorithm
-    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode) == (0.2, 0.28, "token-mean")
-    assert not (actor.use_kl_loss or algo.use_kl_in_reward or algo.sfpo.enable)
+    assert (actor.loss.clip_ratio_low, actor.loss.clip_ratio_high, actor.loss.loss_agg_mode) == (
+        0.2,
+        0.28,
+        "token-mean",
+    )
+    assert not (actor.loss.use_kl_loss or algo.use_kl_in_reward or algo.sfpo.enable)
     assert algo.filter_groups.enable and dapo.reward.overlong_buffer.enable and not algo.overlong_filter
     assert dapo.trainer.run_dir == "outputs/tiny_arith_dapo"
     on_dapo = to_run_config(composed("algorithm=dapo", "algorithm.sfpo.enable=true"))
@@ -272,7 +276,7 @@ def test_the_dapo_preset_and_sfpo_on_it_in_one_override():
                 "algorithm=dapo",
                 "algorithm.adv_estimator=reinforce_plus_plus",
                 "rollout.n=1",
-                "actor.ppo_mini_batch_size=16",
+                "actor.batching.ppo_mini_batch_size=16",
             ],
             "rollout.n must be >= 2 with algorithm.filter_groups.enable=true",
         ),
@@ -377,7 +381,7 @@ def test_driver_rounds_refill_shape_rewards_and_redo_a_round_with_the_same_promp
             "algorithm=dapo",
             "data.train_batch_size=4",
             "rollout.n=2",
-            "actor.ppo_mini_batch_size=8",
+            "actor.batching.ppo_mini_batch_size=8",
             "rollout.max_response_length=10",
             "reward.overlong_buffer.len=4",
         )

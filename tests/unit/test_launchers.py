@@ -164,16 +164,25 @@ def test_paper_experiments_are_valid_and_match_the_paper(compose_run, experiment
     assert (sfpo.inner_steps, sfpo.alpha) == (3, alpha)
     assert (sfpo.entropy_window, sfpo.entropy_threshold) == (30, 1.0)
     assert config.data.train_batch_size * rollout.n == 256 * 8
-    assert actor.ppo_mini_batch_size == 64 * 8  # 64 prompts' worth of sequences
-    assert actor.lr == 1e-6 and actor.lr_schedule == "constant" and actor.entropy_coeff == 0.001
-    assert (actor.weight_decay, actor.grad_clip, actor.clip_ratio_low, actor.clip_ratio_high) == (
+    assert actor.batching.ppo_mini_batch_size == 64 * 8  # 64 prompts' worth of sequences
+    assert (
+        actor.optimizer.lr == 1e-6
+        and actor.optimizer.lr_schedule == "constant"
+        and actor.loss.entropy_coeff == 0.001
+    )
+    assert (
+        actor.optimizer.weight_decay,
+        actor.optimizer.grad_clip,
+        actor.loss.clip_ratio_low,
+        actor.loss.clip_ratio_high,
+    ) == (
         0.01,
         1.0,
         0.2,
         0.2,
     )
-    assert actor.loss_agg_mode == "token-mean" and actor.policy_loss == "ppo_clip"
-    assert not actor.use_kl_loss and not config.uses_ref
+    assert actor.loss.loss_agg_mode == "token-mean" and actor.loss.policy_loss == "ppo_clip"
+    assert not actor.loss.use_kl_loss and not config.uses_ref
     assert (rollout.temperature, rollout.top_p) == (1.0, 1.0)
     assert (rollout.val_n, rollout.val_temperature, rollout.val_top_p) == (4, 1.0, 0.7)
     assert config.reward.verifier_kwargs == {"math": {"correct_score": 1.0, "format_score": 0.1}}
@@ -215,7 +224,7 @@ def test_paper_dapo_experiments_are_the_papers_runs_plus_dapo(compose_run, exper
     differ = {key: (theirs[key], mine[key]) for key in mine if mine[key] != theirs[key]}
     name = f"{PAPER_DAPO[experiment]}_{'sfpo_dapo' if sfpo else 'dapo'}"
     assert differ == {
-        "actor.clip_ratio_high": (0.2, 0.28),
+        "actor.loss.clip_ratio_high": (0.2, 0.28),
         "algorithm.filter_groups.enable": (False, True),
         "reward.overlong_buffer.enable": (False, True),
         "trainer.experiment_name": (theirs["trainer.experiment_name"], name),

@@ -37,7 +37,7 @@ def test_layout_hand_worked():
 def test_position_ids_that_do_not_count_real_tokens_are_refused():
     input_ids = torch.tensor([[1, 2, 3, 4]])
     mask = torch.ones(1, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match="actor.forward_layout=padded"):
+    with pytest.raises(ValueError, match="actor.batching.forward_layout=padded"):
         pack(input_ids, mask, torch.tensor([[5, 6, 7, 8]]), response_width=2)
 
 

@@ -143,7 +143,7 @@ def test_per_micro_batch_normalisation_would_differ():
 
 
 def test_unknown_mode_names_the_option():
-    with pytest.raises(ValueError, match="actor.loss_agg_mode"):
+    with pytest.raises(ValueError, match="actor.loss.loss_agg_mode"):
         agg_loss(torch.ones(1, 1), torch.ones(1, 1), "sum")
 
 
@@ -268,14 +268,18 @@ def test_gspo_gradient_is_the_sequence_level_objectives():
 
 def test_gspo_refuses_dual_clip():
     lp, old, adv, mask = hand_worked_gspo_inputs()
-    with pytest.raises(ValueError, match="actor.clip_ratio_c must be null with actor.policy_loss=gspo"):
+    with pytest.raises(
+        ValueError, match="actor.loss.clip_ratio_c must be null with actor.loss.policy_loss=gspo"
+    ):
         gspo_loss(LossInputs(lp, old, adv, mask, clip_ratio_c=3.0))
 
 
 def test_registry_picks_losses_by_name_and_names_the_option():
     assert {"ppo_clip", "gspo"} <= set(policy_losses())
     assert get_policy_loss("ppo_clip") is ppo_clip_loss and get_policy_loss("gspo") is gspo_loss
-    with pytest.raises(ValueError, match="actor.policy_loss: unknown 'ppo'; choose one of gspo, ppo_clip"):
+    with pytest.raises(
+        ValueError, match="actor.loss.policy_loss: unknown 'ppo'; choose one of gspo, ppo_clip"
+    ):
         get_policy_loss("ppo")
     with pytest.raises(ValueError, match="'gspo' is already registered"):
         register_policy_loss("gspo")(gspo_loss)

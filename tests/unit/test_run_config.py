@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from sfpo_rl.algorithms.sfpo import SFPOConfig
-from sfpo_rl.trainer.config import ConfigError, RunConfig, register_schema, to_run_config
+from sfpo_rl.trainer.config import ConfigError, RunConfig, moved_override, register_schema, to_run_config
 from sfpo_rl.trainer.main import run
 from sfpo_rl.trainer.setup import CONFIG_DIR
 from sfpo_rl.utils.options import require
@@ -57,7 +57,10 @@ def test_default_is_one_typed_tree_sfpo_with_the_papers_settings_on_cpu():
         and config.model.path is None
         and config.data.train_files is None
     )
-    assert config.actor.betas == (0.9, 0.999)  # a tuple again after the round trip through OmegaConf
+    assert config.actor.optimizer.betas == (
+        0.9,
+        0.999,
+    )  # a tuple again after the round trip through OmegaConf
     assert config.trainer.experiment_name == "tiny_arith_sfpo"
     assert config.trainer.run_dir == "outputs/tiny_arith_sfpo"
     assert not config.uses_ref and config.actor_world_size == 2
@@ -65,7 +68,7 @@ def test_default_is_one_typed_tree_sfpo_with_the_papers_settings_on_cpu():
 
 def test_groups_switch_algorithm_and_hardware():
     assert not to_run_config(composed("algorithm=grpo")).algorithm.sfpo.enable
-    gpu = to_run_config(composed("hardware=gpu", "actor.ppo_mini_batch_size=64"))
+    gpu = to_run_config(composed("hardware=gpu", "actor.batching.ppo_mini_batch_size=64"))
     assert gpu.trainer.n_gpus_per_node == 8 and gpu.actor.param_dtype == "bfloat16"
     assert gpu.resources.actor_ranks_per_node == 8 and not gpu.rollout.enforce_eager
     # GPU nodes default to the hybrid engine: every rank hosts an engine that sleeps while the actor trains.
@@ -77,33 +80,37 @@ def test_groups_switch_algorithm_and_hardware():
             "resources.placement=split",
             "resources.actor_ranks_per_node=4",
             "resources.rollout_workers_per_node=4",
-            "actor.ppo_mini_batch_size=64",
+            "actor.batching.ppo_mini_batch_size=64",
         )
     )
     assert split.rollout_world_size == 4 and split.actor_world_size == 4
 
 
 def test_colocated_placement_has_one_engine_per_actor_rank():
-    config = to_run_config(
-        composed("resources.placement=colocated", "trainer.inject_worker_kill=[3:rollout:1]")
-    )
+    config = to_run_config(composed("resources.placement=colocated", "faults.worker_kill=[3:rollout:1]"))
     assert config.rollout_world_size == config.actor_world_size == 2
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["actor.ppo_mini_batch_size=48"], "actor.ppo_mini_batch_size must be a divisor of the 128 rollouts"),
-        (["resources.actor_ranks_per_node=3", "actor.ppo_mini_batch_size=64"], "a multiple of the 3 actor"),
+        (
+            ["actor.batching.ppo_mini_batch_size=48"],
+            "actor.batching.ppo_mini_batch_size must be a divisor of the 128 rollouts",
+        ),
+        (
+            ["resources.actor_ranks_per_node=3", "actor.batching.ppo_mini_batch_size=64"],
+            "a multiple of the 3 actor",
+        ),
         (["data.train_files=[a.jsonl]"], "data.val_files must be set together"),
         (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator must be one of"),
-        (["algorithm.use_kl_in_reward=true", "actor.use_kl_loss=true"], "algorithm.use_kl_in_reward"),
-        (["actor.clip_ratio_c=0.5"], "actor.clip_ratio_c"),
-        (["actor.policy_loss=ppo"], "actor.policy_loss must be one of gspo, ppo_clip"),
+        (["algorithm.use_kl_in_reward=true", "actor.loss.use_kl_loss=true"], "algorithm.use_kl_in_reward"),
+        (["actor.loss.clip_ratio_c=0.5"], "actor.loss.clip_ratio_c"),
+        (["actor.loss.policy_loss=ppo"], "actor.loss.policy_loss must be one of gspo, ppo_clip"),
         (["rollout.temperature=-1"], "rollout.temperature"),
         (["trainer.total_steps=0"], "trainer.total_steps must be an integer >= 1, got 0"),
         (
-            ["rollout.n=1", "actor.ppo_mini_batch_size=16"],
+            ["rollout.n=1", "actor.batching.ppo_mini_batch_size=16"],
             "rollout.n must be >= 2 with algorithm.adv_estimator=grpo",
         ),
         (["algorithm.sfpo.alpha=1.5"], "algorithm.sfpo.alpha must be a number in [0, 1], got 1.5"),
@@ -115,10 +122,10 @@ def test_colocated_placement_has_one_engine_per_actor_rank():
         (["reward.timeout_s=0"], "reward.timeout_s"),
         (["trainer.worker_timeout_s=-1"], "trainer.worker_timeout_s must be a number of seconds >= 0"),
         (["trainer.logger=[nope]"], "trainer.logger must be a list drawn from"),
-        (["trainer.inject_worker_kill=[3:reward]"], "trainer.inject_worker_kill must be a list of"),
-        (["trainer.inject_worker_kill=[3:actor:2]"], "got ['3:actor:2']"),  # 2 actor ranks: 0 and 1
-        (["trainer.inject_worker_kill=[3:ref:0]"], "got ['3:ref:0']"),  # no KL term: no reference workers
-        (["trainer.inject_worker_kill=[3:rollout:1]"], "got ['3:rollout:1']"),  # split: one engine
+        (["faults.worker_kill=[3:reward]"], "faults.worker_kill must be a list of"),
+        (["faults.worker_kill=[3:actor:2]"], "got ['3:actor:2']"),  # 2 actor ranks: 0 and 1
+        (["faults.worker_kill=[3:ref:0]"], "got ['3:ref:0']"),  # no KL term: no reference workers
+        (["faults.worker_kill=[3:rollout:1]"], "got ['3:rollout:1']"),  # split: one engine
         (["resources.placement=both"], "resources.placement must be colocated or split, got 'both'"),
         (
             ["resources.placement=colocated", "rollout.tensor_parallel_size=2"],
@@ -136,11 +143,11 @@ def test_colocated_placement_has_one_engine_per_actor_rank():
         ),
         # A LoRA actor is its own reference policy: no reference workers to kill.
         (
-            ["actor.lora.rank=8", "actor.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:0]"],
+            ["actor.lora.rank=8", "actor.loss.use_kl_loss=true", "faults.worker_kill=[3:ref:0]"],
             "got ['3:ref:0']",
         ),
         (
-            ["hardware=gpu", "resources.placement=split", "actor.ppo_mini_batch_size=64"],
+            ["hardware=gpu", "resources.placement=split", "actor.batching.ppo_mini_batch_size=64"],
             "the GPUs per node (9) fit in trainer.n_gpus_per_node=8",
         ),
     ],
@@ -167,15 +174,35 @@ def test_a_plain_config_is_checked_against_the_schema_by_option_name():
         to_run_config(OmegaConf.merge(plain, {"actor": {"lrr": 1}}))
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"actor": {"lr": 1e-5}}, "actor.optimizer.lr"),
+        ({"actor": {"ppo_epochs": 2}}, "actor.batching.ppo_epochs"),
+        ({"actor": {"entropy_coeff": 0.0}}, "actor.loss.entropy_coeff"),
+        ({"actor": {"total_steps": 10}}, "trainer.total_steps"),
+        ({"actor": {"inject_nonfinite_loss": ["3"]}}, "faults.nonfinite_loss"),
+        ({"trainer": {"inject_worker_kill": ["3:reward:0"]}}, "faults.worker_kill"),
+    ],
+)
+def test_an_option_at_its_old_place_names_its_new_one(old, new):
+    """A run's config.yaml from before the actor's sections and the faults section, read back."""
+    ((section, options),) = old.items()
+    path = f"{section}.{next(iter(options))}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(path)} has moved: it is now {re.escape(new)}$"):
+        to_run_config(OmegaConf.create(old))
+    assert moved_override([f"{path}=1"]) == f"{path} has moved: it is now {new}"
+
+
 def test_single_sample_runs_are_allowed_with_a_batch_level_estimator():
     cfg = composed(
-        "rollout.n=1", "actor.ppo_mini_batch_size=16", "algorithm.adv_estimator=reinforce_plus_plus"
+        "rollout.n=1", "actor.batching.ppo_mini_batch_size=16", "algorithm.adv_estimator=reinforce_plus_plus"
     )
     assert to_run_config(cfg).rollout.n == 1
 
 
 def test_kl_term_brings_the_reference_policy():
-    config = to_run_config(composed("actor.use_kl_loss=true", "trainer.inject_worker_kill=[3:ref:1]"))
+    config = to_run_config(composed("actor.loss.use_kl_loss=true", "faults.worker_kill=[3:ref:1]"))
     assert config.uses_ref
 
 

@@ -53,7 +53,7 @@ def test_a_good_file_loads_with_its_lrs_spelled_as_written_and_plans_seed_by_see
         "sfpo_lr0.001_seed2", "sfpo_lr3e-4_seed2",
     ]  # fmt: skip
     assert runs[2].overrides(study) == [
-        "algorithm=grpo", "actor.lr=3e-4", "trainer.seed=0", "data.seed=0", "trainer.total_steps=4",
+        "algorithm=grpo", "actor.optimizer.lr=3e-4", "trainer.seed=0", "data.seed=0", "trainer.total_steps=4",
     ]  # fmt: skip
     assert study.runs == Path("outputs/study") and study.out == tmp_path and study.report_name == "report"
 
@@ -67,7 +67,7 @@ BAD = [
     (dict(arms={"grpo": {"overrides": ["algorithm=grpo"], "seed": 2}}), "arms.grpo.seed: unknown field"),
     (dict(arms={"grpo": {"overrides": ["algorithm=grpo"]}}), "arms.grpo.seeds: missing"),
     (dict(arms={"a b": {"seeds": 1}}), "arms.a b: an arm's name must be"),
-    (dict(arms={"grpo": {"overrides": ["actor.lr=1"], "seeds": 1}}), "arms.grpo.overrides[0]: actor.lr is set by"),
+    (dict(arms={"grpo": {"overrides": ["actor.optimizer.lr=1"], "seeds": 1}}), "arms.grpo.overrides[0]: actor.optimizer.lr is set by"),
     (dict(overrides="algorithm=grpo"), "overrides: must be a list of strings"),
     (dict(comparisons=[{"title": "t", "kind": "same_lr", "pairs": {"sfpo": "dapo"}, "endpoints": ["final"]}]),
      "comparisons[0].pairs.sfpo: no arm named 'dapo'"),
@@ -147,7 +147,7 @@ def test_the_first_study_file_is_the_protocols_design():
     assert {r.arm.name for r in runs if r.seed == 4} == {"grpo", "sfpo"}
     k7 = next(r for r in runs if r.arm.name == "sfpo_k7_a0.2" and r.lr.text == "3e-05" and r.seed == 2)
     assert k7.overrides(study) == [
-        "algorithm=sfpo", "algorithm.sfpo.inner_steps=7", "algorithm.sfpo.alpha=0.2", "actor.lr=3e-05",
+        "algorithm=sfpo", "algorithm.sfpo.inner_steps=7", "algorithm.sfpo.alpha=0.2", "actor.optimizer.lr=3e-05",
         "trainer.seed=2", "data.seed=2", "trainer.total_steps=40",
     ]  # fmt: skip
     matched = study.comparisons[1]

@@ -319,6 +319,6 @@ def test_a_study_run_is_a_plain_training_job_with_the_runs_overrides(tmp_path, m
     cmd = seen["cmd"]
     assert cmd[1:3] == ["-m", "sfpo_rl.trainer.main"] and f"trainer.run_dir={tmp_path}" in cmd
     assert cmd[-6:] == [
-        "rollout.n=4", "algorithm=sfpo", "actor.lr=1e-3", "trainer.seed=1", "data.seed=1", "trainer.total_steps=4",
+        "rollout.n=4", "algorithm=sfpo", "actor.optimizer.lr=1e-3", "trainer.seed=1", "data.seed=1", "trainer.total_steps=4",
     ]  # fmt: skip
     assert (tmp_path / "train.log").is_file()
