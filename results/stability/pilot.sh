@@ -11,7 +11,7 @@ LRS=("${@:2}")
 mkdir -p "$RUNS"
 # The warm-start once, before two runs would both build it.
 .venv/bin/python -c "from sfpo_rl.bench.single_process import compose
-from sfpo_rl.trainer.setup import resolve_model_and_data
+from sfpo_rl.trainer.main import resolve_model_and_data
 resolve_model_and_data(compose([]))"
 one() {  # arm lr overrides...
   local dir="$RUNS/${1}_lr${2}_seed0" lr=$2
@@ -19,13 +19,13 @@ one() {  # arm lr overrides...
   mkdir -p "$dir"
   echo "[pilot] $(date -u +%H:%M:%S) start $dir"
   .venv/bin/python -m sfpo_rl.trainer.main "trainer.run_dir=$dir" "trainer.logger=[console]" \
-    trainer.export_hf=false trainer.total_steps=80 "$@" "actor.optimizer.lr=$lr" trainer.seed=0 data.seed=0 \
+    trainer.export_hf=false trainer.total_steps=80 "$@" "actor.lr=$lr" trainer.seed=0 data.seed=0 \
     >>"$dir/train.log" 2>&1
   echo "[pilot] $(date -u +%H:%M:%S) end $dir exit $?"
 }
 export -f one
 export RUNS
-for arm in "grpo_x8 actor.batching.ppo_epochs=8" "grpo_x4 actor.batching.ppo_epochs=4" "grpo"; do  # longest first
+for arm in "grpo_x8 actor.ppo_epochs=8" "grpo_x4 actor.ppo_epochs=4" "grpo"; do  # longest first
   for lr in "${LRS[@]}"; do
     read -r name epochs <<<"$arm"
     echo "$name $lr algorithm=grpo $epochs"
