@@ -209,7 +209,7 @@ def test_the_dapo_study_file_is_the_protocols_design():
     ]  # fmt: skip
     assert [r.seed for r in runs] == [s for s in range(5) for _ in range(4)]
     assert runs[1].overrides(study)[-4:] == [
-        "actor.lr=1e-4",
+        "actor.optimizer.lr=1e-4",
         "trainer.seed=0",
         "data.seed=0",
         "trainer.total_steps=40",
