@@ -1,7 +1,7 @@
 #!/bin/bash
 # A Slurm cluster on this one machine, to run docker/slurm/sfpo_rl.sbatch for real (tests/slurm/). Needs root
 # and Debian/Ubuntu packages (installed with apt-get when missing): munge, slurmctld, slurmd, slurmdbd with
-# MariaDB (Slurm >= 15.08 keeps accounting, and so `sacct`, only in slurmdbd's database).
+# MariaDB (Slurm 22.05 keeps accounting, and so `sacct`, only in slurmdbd's database: no file-based storage).
 #
 #   docker/slurm/local_cluster.sh up     start munged, MariaDB, slurmdbd, slurmctld and one slurmd per node
 #   docker/slurm/local_cluster.sh down   cancel the jobs, stop what `up` started, remove its directory
@@ -9,7 +9,8 @@
 #
 # The nodes are slurmd daemons on this host (`slurmd -N <node>`, each its own port and spool), so a job with
 # --nodes=2 gets two nodes, srun steps on each, exactly as on a cluster. Everything lives in one directory
-# (config, state, logs, sockets, the database); nothing is written to /etc, /var or /run. Knobs [defaults]:
+# (config, state, logs, sockets, the database); past the package install nothing goes to /etc, /var or /run.
+# Knobs [defaults]:
 #   SFPO_SLURM_DIR [/tmp/sfpo_slurm]   SFPO_SLURM_NODES [2]   SFPO_SLURM_CPUS [4: logical CPUs per node]
 #   SFPO_SLURM_PORT_BASE [26800: ports BASE+6 MariaDB, +7 slurmctld, +9 slurmdbd, +21.. the slurmds]
 set -euo pipefail
@@ -68,9 +69,8 @@ wait_for() {
     done
 }
 
-write_configs() {
-    local pass node
-    pass=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+write_configs() {  # DB_PASS: the database password of slurmdbd's user
+    local node
     cat >"$DIR/etc/slurmdbd.conf" <<EOF
 AuthType=auth/munge
 AuthInfo=socket=$DIR/run/munge.socket
@@ -84,11 +84,10 @@ StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
 StoragePort=$DB_PORT
 StorageUser=slurm
-StoragePass=$pass
+StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 EOF
-    chmod 600 "$DIR/etc/slurmdbd.conf"
-    echo "$pass" >"$DIR/etc/db.pass"
+    chmod 600 "$DIR/etc/slurmdbd.conf"  # slurmdbd refuses a config others can read
     cat >"$SLURM_CONF" <<EOF
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
@@ -146,9 +145,10 @@ up() {
     start mariadb mariadbd --no-defaults --user=root --datadir="$DIR/db" --socket="$DIR/run/mariadb.socket" \
         --pid-file="$DIR/run/mariadb.daemon.pid" --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve
     wait_for mariadb 60 mariadb --no-defaults --socket="$DIR/run/mariadb.socket" -e 'SELECT 1'
-    write_configs
+    DB_PASS=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
     mariadb --no-defaults --socket="$DIR/run/mariadb.socket" -e "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY
-        '$(cat "$DIR/etc/db.pass")'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+        '$DB_PASS'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+    write_configs
 
     start slurmdbd slurmdbd -D
     wait_for slurmdbd 60 sacctmgr -n list cluster
