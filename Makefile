@@ -58,7 +58,7 @@ gpu-check:
 lint: setup
 	$(VENV)/bin/ruff check sfpo_rl tests recipes
 	$(VENV)/bin/ruff format --check sfpo_rl tests recipes
-	$(VENV)/bin/shellcheck docker/slurm/sfpo_rl.sbatch recipes/paper/launch.sh
+	$(VENV)/bin/shellcheck docker/slurm/sfpo_rl.sbatch docker/slurm/local_cluster.sh recipes/paper/launch.sh
 	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 
 clean:

@@ -24,6 +24,7 @@ from sfpo_rl.trainer.config import register_schema, to_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "docker" / "slurm" / "sfpo_rl.sbatch"
+LOCAL_CLUSTER = REPO / "docker" / "slurm" / "local_cluster.sh"
 LAUNCH = REPO / "recipes" / "paper" / "launch.sh"
 RAYJOB = REPO / "docker" / "k8s" / "rayjob.yaml"
 DATA = ["data.train_files=[/d/train.parquet]", "data.val_files=[/d/val.parquet]"]
@@ -95,7 +96,7 @@ def test_wait_for_nodes_times_out_naming_how_many_joined():
 
 
 # ------------------------------------------------------------------ shell scripts and Dockerfiles
-@pytest.mark.parametrize("script", [SBATCH, LAUNCH], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [SBATCH, LOCAL_CLUSTER, LAUNCH], ids=lambda p: p.name)
 def test_shell_scripts_parse_and_pass_shellcheck(script):
     assert os.access(script, os.X_OK), f"{script} is not executable"
     subprocess.run(["bash", "-n", str(script)], check=True)
