@@ -36,7 +36,7 @@ from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import RunConfig
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
-from sfpo_rl.trainer.tracking import Tracker
+from sfpo_rl.trainer.tracking import Tracker, due
 from sfpo_rl.trainer.workers import WorkerGroups
 from sfpo_rl.workers.reward import reward_metrics
 from sfpo_rl.workers.update_result import UpdateResult
@@ -107,6 +107,7 @@ class RLTrainer:
             config=asdict(self.config),
             resume_from_step=resumed_from,
             total_steps=trainer.total_steps,
+            val_every=trainer.val_every,
         )
         try:
             if self.step == 0 and trainer.val_before_train:
@@ -271,7 +272,7 @@ class RLTrainer:
         return batch.union(self.groups.reward.compute_score(batch))
 
     def _due(self, every: int) -> bool:
-        return every > 0 and (self.step % every == 0 or self.step == self.config.trainer.total_steps)
+        return due(self.step, every, self.config.trainer.total_steps)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
