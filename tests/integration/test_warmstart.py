@@ -98,11 +98,11 @@ def test_a_shipped_copy_this_code_does_not_reproduce_is_built_here(tmp_path, mon
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # the default's SFT: about 9 minutes on one idle core, up to 30 on a busy machine
+@pytest.mark.timeout(5400)  # SFT: 9 min on an idle core; 41 min (48 in all) at load average 40-50 on 2 cores
 def test_the_build_reproduces_the_shipped_warmstart(tmp_path):
     """The build code still makes the shipped warm-start: the data and the tokenizer bit for bit, the weights
-    bit for bit on the machine that built them, and elsewhere (other float kernels) a policy whose greedy
-    validation accuracy differs from the shipped one's by no more than noise."""
+    bit for bit where the float kernels are the same (not on every CPU), and in any case a policy whose
+    validation accuracy at T=1 (what rollouts and validation sample at) is the shipped one's within noise."""
     cfg = WarmStartConfig()
     assert shipped.serves(cfg)
     build_warmstart(tmp_path, cfg, cache_key(cfg))
@@ -115,22 +115,29 @@ def test_the_build_reproduces_the_shipped_warmstart(tmp_path):
         k: v for k, v in shipped_config.items() if k != "transformers_version"
     }
     identical = shipped.sha256(tmp_path / "model.safetensors") == files["model.safetensors"]
+    assert_same_policy_within_noise(tmp_path, shipped.SHIPPED_DIR, tmp_path / "val.jsonl", identical)
 
-    # Accuracy within the noise of a 1,024-problem validation set: 3 standard errors of the difference of two
-    # independent accuracies (a rebuild with other float kernels is another SFT outcome, not the same model).
-    greedy = {"temperature": 0.0, "max_new_tokens": R}
-    ours = sampled_outcomes(tmp_path, tmp_path / "val.jsonl", **greedy)
-    theirs = sampled_outcomes(shipped.SHIPPED_DIR, tmp_path / "val.jsonl", **greedy)
+
+def assert_same_policy_within_noise(model_dir: Path, reference_dir: Path, data_file: Path, identical: bool):
+    """4 samples at T=1 per validation problem from each model, the same seed. Greedy decoding cannot tell
+    the policies apart: it always takes the careless path (0% for both). The accuracies may differ by 3
+    standard errors of the difference of two independent binomial means; sampling the same problems makes
+    the real difference less noisy than that. Identical weights must give identical samples."""
+    sampling = {"temperature": 1.0, "max_new_tokens": R, "num_samples": 4, "seed": 0}
+    ours = sampled_outcomes(model_dir, data_file, **sampling)
+    theirs = sampled_outcomes(reference_dir, data_file, **sampling)
     n = len(ours[1])
-    acc, shipped_acc = sum(ours[1]) / n, sum(theirs[1]) / n
+    acc, reference_acc = sum(ours[1]) / n, sum(theirs[1]) / n
     same = sum(a == b for a, b in zip(ours[0], theirs[0]))
     print(
-        f"\nweights bit-identical: {identical}; greedy responses identical on {same} of {n}; "
-        f"greedy accuracy {acc:.4f} rebuilt, {shipped_acc:.4f} shipped"
+        f"\nweights bit-identical: {identical}; samples identical: {same} of {n}; "
+        f"accuracy at T=1 {acc:.4f} built, {reference_acc:.4f} reference"
     )
-    assert abs(acc - shipped_acc) <= 3 * math.sqrt((acc * (1 - acc) + shipped_acc * (1 - shipped_acc)) / n)
+    assert abs(acc - reference_acc) <= 3 * math.sqrt(
+        (acc * (1 - acc) + reference_acc * (1 - reference_acc)) / n
+    )
     if identical:
-        assert same == len(ours[0])
+        assert same == n
 
 
 def test_bad_options_are_named():
