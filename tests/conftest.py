@@ -66,7 +66,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def warmstart_cache(tmp_path_factory):
     """A cache dir holding the built-in task's default warm-start (what `sfpo-rl-train` uses with
-    model.cache_dir pointing here), built once per session (a few minutes on 2 cores)."""
+    model.cache_dir pointing here), copied once per session from the package's shipped build (seconds)."""
     from sfpo_rl.tiny.warmstart import ensure_warmstart
 
     cache = tmp_path_factory.mktemp("sfpo_cache")

@@ -3,8 +3,10 @@
 `ensure_warmstart(cache_dir, cfg)` returns an HF model directory (loadable by transformers and vLLM) that also
 holds the task's data files, `train.jsonl` and `val.jsonl` (the loader's format), and `warmstart.json`
 (config, cache key, SFT metrics). A directory is reused when its key matches: the key hashes the config, the
-source of the code that builds it and the torch / transformers versions. It is built in a temporary directory
-and renamed into place, so an interrupted or concurrent build never leaves a half-written model behind.
+source of the code that builds it and the torch / transformers versions. It is made in a temporary directory
+and renamed into place, so an interrupted or concurrent build never leaves a half-written model behind. The
+default config's warm-start is not built but copied from the package (`sfpo_rl/tiny/shipped.py`), so every
+machine starts from the same weights.
 
 The demonstrations are deliberately careless (see `WarmStartConfig`): the policy solves some but far from all
 validation problems while it could solve almost all, so RL has both a signal and room to improve.
@@ -119,7 +121,8 @@ def code_fingerprint(source: str) -> str:
 
 
 def ensure_warmstart(cache_dir: str | Path, cfg: WarmStartConfig | Mapping[str, Any] | None = None) -> Path:
-    """The cached warm-started model directory for `cfg`, built first when there is none."""
+    """The cached warm-started model directory for `cfg`, made first when there is none: a copy of the shipped
+    warm-start when `cfg` is the config it was built from (the default), else built here."""
     cfg = WarmStartConfig.from_any(cfg)
     cache_dir = Path(cache_dir)
     key = cache_key(cfg)
@@ -129,7 +132,10 @@ def ensure_warmstart(cache_dir: str | Path, cfg: WarmStartConfig | Mapping[str, 
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".warmstart-{key}-", dir=cache_dir))
     try:
-        build_warmstart(tmp, cfg, key)
+        from sfpo_rl.tiny import shipped
+
+        if not (shipped.serves(cfg) and shipped.install(tmp, cfg)):
+            build_warmstart(tmp, cfg, key)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -263,8 +269,16 @@ def _collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch
     return input_ids, attention_mask, labels
 
 
+def sample_accuracy(model_dir: str | Path, data_file: str | Path, **sampling: Any) -> dict[str, float]:
+    """Accuracy of transformers generation on `data_file` (temperature 0: greedy), overall and per level, and
+    how often the policy finishes (works as many steps as the problem has) and is right when it does.
+    `sampling`: the options of `sampled_outcomes`."""
+    responses, accs, levels = sampled_outcomes(model_dir, data_file, **sampling)
+    return {**accuracy_by_level(accs, levels), **finishing(responses, levels, accs)}
+
+
 @torch.no_grad()
-def sample_accuracy(
+def sampled_outcomes(
     model_dir: str | Path,
     data_file: str | Path,
     *,
@@ -274,9 +288,9 @@ def sample_accuracy(
     seed: int = 0,
     prompt_template: str | None = None,
     batch_size: int = 256,
-) -> dict[str, float]:
-    """Accuracy of transformers generation on `data_file` (temperature 0: greedy), overall and per level, and
-    how often the policy finishes (works as many steps as the problem has) and is right when it does."""
+) -> tuple[list[str], list[float], list[Any]]:
+    """Per sample, in the file's order (`num_samples` per problem): the response, its accuracy and the
+    problem's level."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sfpo_rl.rewards import score_responses
@@ -307,8 +321,7 @@ def sample_accuracy(
         [r.data_source for r in repeated],
         config={"timeout_mode": "signal"},
     )
-    accs, levels = [float(o.acc) for o in outcomes], [r.extra_info.get("level") for r in repeated]
-    return {**accuracy_by_level(accs, levels), **finishing(responses, levels, accs)}
+    return responses, [float(o.acc) for o in outcomes], [r.extra_info.get("level") for r in repeated]
 
 
 def accuracy_by_level(accs: Sequence[float], levels: Sequence[Any]) -> dict[str, float]:

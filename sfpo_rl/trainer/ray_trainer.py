@@ -42,7 +42,7 @@ from sfpo_rl.rewards.shaping import add_at_last_token, overlong_penalty
 from sfpo_rl.trainer.checkpoint import CheckpointManager
 from sfpo_rl.trainer.config import SEEDS_PER_STEP, RunConfig
 from sfpo_rl.trainer.metrics import rollout_metrics, timed, validation_metrics
-from sfpo_rl.trainer.tracking import Tracker
+from sfpo_rl.trainer.tracking import Tracker, due
 from sfpo_rl.trainer.worker_groups import WorkerGroups
 from sfpo_rl.utils.console import say
 from sfpo_rl.workers.reward import reward_metrics
@@ -114,6 +114,7 @@ class RLTrainer:
             config=asdict(self.config),
             resume_from_step=resumed_from,
             total_steps=trainer.total_steps,
+            val_every=trainer.val_every,
         )
         try:
             if self.step == 0 and trainer.val_before_train:
@@ -341,7 +342,7 @@ class RLTrainer:
         return batch.union(self.groups.reward.compute_score(batch))
 
     def _due(self, every: int) -> bool:
-        return every > 0 and (self.step % every == 0 or self.step == self.config.trainer.total_steps)
+        return due(self.step, every, self.config.trainer.total_steps)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:

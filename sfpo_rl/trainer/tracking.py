@@ -61,7 +61,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 class ConsoleSink:
-    """Prints one compact progress line per step: position, the numbers people watch, time left."""
+    """Prints one compact progress line per step: position, the numbers people watch, time left (training
+    steps at their measured pace plus the validations still due at their measured length)."""
 
     KEYS = (
         ("reward/mean", "reward"),
@@ -75,10 +76,15 @@ class ConsoleSink:
         ("timing/step", "sec"),
     )
 
-    def __init__(self, total_steps: int | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, total_steps: int | None = None, val_every: int = 0, clock: Callable[[], float] = time.monotonic
+    ):
         self.total_steps = total_steps
+        self.val_every = val_every
         self.clock = clock
         self.first: tuple[int, float] | None = None  # (step, time) of the first line this process printed
+        self.val_seconds: list[float] = []  # each validation's duration, as measured
+        self.val_seconds_since_first = 0.0  # the part of the time since the first line spent validating
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         now = self.clock()
@@ -88,15 +94,48 @@ class ConsoleSink:
             if key in metrics and metrics[key] is not None:
                 v = _plain(metrics[key])
                 parts.append(f"{short}={v:.4g}" if isinstance(v, float) else f"{short}={v}")
+        validated = metrics.get("timing/validate")
+        if validated is not None:
+            self.val_seconds.append(float(_plain(validated)))
         if self.first is None:
             self.first = (step, now)
         elif self.total_steps and step > self.first[0]:
-            per_step = (now - self.first[1]) / (step - self.first[0])
-            parts.append(f"eta {_duration(per_step * max(0, self.total_steps - step))}")
+            if validated is not None:
+                self.val_seconds_since_first += self.val_seconds[-1]
+            train_seconds = now - self.first[1] - self.val_seconds_since_first
+            per_step = max(0.0, train_seconds) / (step - self.first[0])
+            per_validation = sum(self.val_seconds) / len(self.val_seconds) if self.val_seconds else None
+            seconds = eta_seconds(step, self.total_steps, per_step, self.val_every, per_validation)
+            untimed = per_validation is None and validations_after(step, self.total_steps, self.val_every)
+            parts.append(f"eta {'>' if untimed else ''}{_duration(seconds)}")
         print(" | ".join(parts), flush=True)
 
     def close(self) -> None:
         pass
+
+
+def due(step: int, every: int, total_steps: int) -> bool:
+    """Whether a periodic action (validation, checkpoint) runs after `step`: every `every` steps and after the
+    last one; never when `every` is 0."""
+    return every > 0 and (step % every == 0 or step == total_steps)
+
+
+def validations_after(step: int, total_steps: int, every: int) -> int:
+    """How many validations are still due after `step` (the steps in step+1 .. total_steps that validate)."""
+    if every <= 0 or step >= total_steps:
+        return 0
+    return total_steps // every - step // every + (1 if total_steps % every else 0)
+
+
+def eta_seconds(
+    step: int, total_steps: int, seconds_per_step: float, val_every: int, seconds_per_validation: float | None
+) -> float:
+    """Time left after `step`: the remaining training steps, plus the remaining validations when their length
+    is known (None: not measured yet, so left out)."""
+    remaining = max(0, total_steps - step) * seconds_per_step
+    if seconds_per_validation is not None:
+        remaining += validations_after(step, total_steps, val_every) * seconds_per_validation
+    return remaining
 
 
 def _duration(seconds: float) -> str:
@@ -175,6 +214,7 @@ class Tracker:
         config: dict | None = None,
         resume_from_step: int | None = None,
         total_steps: int | None = None,
+        val_every: int = 0,
     ):
         unknown = [name for name in loggers if name not in KNOWN_LOGGERS]
         if unknown:
@@ -186,7 +226,7 @@ class Tracker:
         self.sinks: list[Any] = [JsonlSink(self.metrics_path, resume_from_step)]
         for name in loggers:
             if name == "console":
-                self.sinks.append(ConsoleSink(total_steps))
+                self.sinks.append(ConsoleSink(total_steps, val_every))
             elif name == "tensorboard":
                 self.sinks.append(TensorboardSink(files.tensorboard))
             elif name == "wandb":

@@ -1,10 +1,12 @@
-"""The embedded default's starting policy: deterministic and cached, its data fits the default's lengths, it
-loads in transformers and vLLM, and it solves some validation problems while it could solve most."""
+"""The embedded default's starting policy: deterministic and cached, shipped in the package and reproduced by
+its build, its data fits the default's lengths, it loads in transformers and vLLM, and it solves some
+validation problems while it could solve most."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,16 @@ from transformers import AutoTokenizer
 
 from sfpo_rl.data.dataset import PromptDataset, load_records
 from sfpo_rl.protocol import Batch
-from sfpo_rl.tiny.warmstart import INFO_FILE, WarmStartConfig, cache_key, ensure_warmstart, sample_accuracy
+from sfpo_rl.tiny import shipped
+from sfpo_rl.tiny.warmstart import (
+    INFO_FILE,
+    WarmStartConfig,
+    build_warmstart,
+    cache_key,
+    ensure_warmstart,
+    sample_accuracy,
+    sampled_outcomes,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = OmegaConf.load(REPO / "configs/experiment/tiny_arith.yaml")
@@ -44,6 +55,89 @@ def test_build_is_deterministic_and_cached(tmp_path):
 
     other = ensure_warmstart(tmp_path / "a", {**SMALL, "seed": 1})
     assert other != first and weights_digest(other) != weights_digest(first)
+
+
+def test_the_shipped_copy_serves_the_default_config_only():
+    from sfpo_rl.bench.single_process import compose
+    from sfpo_rl.trainer.main import warmstart_config
+
+    assert shipped.serves(warmstart_config(compose([])))  # what `make train` asks for
+    assert shipped.serves(WarmStartConfig())
+    assert not shipped.serves(WarmStartConfig(seed=1))
+    assert not shipped.serves(WarmStartConfig(extra={"build": "here"}))  # how to build the default locally
+
+
+def test_the_default_is_installed_from_the_shipped_copy(tmp_path, capsys):
+    """No SFT: the package's weights, tokenizer and config, and data files regenerated to the shipped bytes."""
+    warm = ensure_warmstart(tmp_path, {"prompt_template": None})
+    assert warm.name == f"warmstart-{cache_key(WarmStartConfig())}"
+    for name, digest in shipped.manifest()["files"].items():
+        assert shipped.sha256(warm / name) == digest, name
+    assert "warm-start SFT step" not in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == [warm.name]
+
+
+def test_a_shipped_copy_this_code_does_not_reproduce_is_built_here(tmp_path, monkeypatch):
+    built = ensure_warmstart(tmp_path / "built", SMALL)
+    shipped.ship(built, tmp_path / "shipped")
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "shipped")
+    assert not (tmp_path / "shipped" / "train.jsonl").exists()  # data files are regenerated, not shipped
+
+    installed = ensure_warmstart(tmp_path / "a", SMALL)
+    assert (installed / shipped.MANIFEST).is_file()
+    for path in built.iterdir():
+        assert (installed / path.name).read_bytes() == path.read_bytes(), path.name
+
+    # The data this code generates differ from the shipped model's: the warm-start is built here instead.
+    manifest = json.loads((tmp_path / "shipped" / shipped.MANIFEST).read_text())
+    manifest["files"]["val.jsonl"] = "0" * 64
+    (tmp_path / "shipped" / shipped.MANIFEST).write_text(json.dumps(manifest))
+    rebuilt = ensure_warmstart(tmp_path / "b", SMALL)
+    assert not (rebuilt / shipped.MANIFEST).exists() and (rebuilt / INFO_FILE).is_file()
+    assert weights_digest(rebuilt) == weights_digest(built)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)  # SFT: 9 min on an idle core; 41 min (48 in all) at load average 40-50 on 2 cores
+def test_the_build_reproduces_the_shipped_warmstart(tmp_path):
+    """The build code still makes the shipped warm-start: the data and the tokenizer bit for bit, the weights
+    bit for bit where the float kernels are the same (not on every CPU), and in any case a policy whose
+    validation accuracy at T=1 (what rollouts and validation sample at) is the shipped one's within noise."""
+    cfg = WarmStartConfig()
+    assert shipped.serves(cfg)
+    build_warmstart(tmp_path, cfg, cache_key(cfg))
+    files = shipped.manifest()["files"]
+    for name in ("train.jsonl", "val.jsonl", "tokenizer.json"):
+        assert shipped.sha256(tmp_path / name) == files[name], name
+    model_config = json.loads((tmp_path / "config.json").read_text())
+    shipped_config = json.loads((shipped.SHIPPED_DIR / "config.json").read_text())
+    assert {k: v for k, v in model_config.items() if k != "transformers_version"} == {
+        k: v for k, v in shipped_config.items() if k != "transformers_version"
+    }
+    identical = shipped.sha256(tmp_path / "model.safetensors") == files["model.safetensors"]
+    assert_same_policy_within_noise(tmp_path, shipped.SHIPPED_DIR, tmp_path / "val.jsonl", identical)
+
+
+def assert_same_policy_within_noise(model_dir: Path, reference_dir: Path, data_file: Path, identical: bool):
+    """4 samples at T=1 per validation problem from each model, the same seed. Greedy decoding cannot tell
+    the policies apart: it always takes the careless path (0% for both). The accuracies may differ by 3
+    standard errors of the difference of two independent binomial means; sampling the same problems makes
+    the real difference less noisy than that. Identical weights must give identical samples."""
+    sampling = {"temperature": 1.0, "max_new_tokens": R, "num_samples": 4, "seed": 0}
+    ours = sampled_outcomes(model_dir, data_file, **sampling)
+    theirs = sampled_outcomes(reference_dir, data_file, **sampling)
+    n = len(ours[1])
+    acc, reference_acc = sum(ours[1]) / n, sum(theirs[1]) / n
+    same = sum(a == b for a, b in zip(ours[0], theirs[0]))
+    print(
+        f"\nweights bit-identical: {identical}; samples identical: {same} of {n}; "
+        f"accuracy at T=1 {acc:.4f} built, {reference_acc:.4f} reference"
+    )
+    assert abs(acc - reference_acc) <= 3 * math.sqrt(
+        (acc * (1 - acc) + reference_acc * (1 - reference_acc)) / n
+    )
+    if identical:
+        assert same == n
 
 
 def test_bad_options_are_named():
