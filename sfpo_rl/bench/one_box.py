@@ -7,7 +7,7 @@ process of the run (driver, Ray's own processes, workers, verifier processes), s
 and its median while training. Ratios are against the single-process baseline, and sync against the split
 placement's (which, for the tiny model's single bucket, is the path the trainer took before the streamed sync).
 
-Targets (issue 13, item 4), checked and reported per pass: colocated step and update at most the baseline's,
+Targets, checked and reported per pass: colocated step and update at most the baseline's,
 sync at most a third of the split placement's, start-up at most half of the split placement's, total PSS
 under 2 GiB.
 """
@@ -194,7 +194,7 @@ def figures(watched: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(p: dict[str, dict[str, Any]]) -> dict[str, bool]:
-    """Issue 13's one-box targets for the colocated placement, on one pass's figures."""
+    """The one-box targets for the colocated placement (see the module docstring), on one pass's figures."""
     colocated, split, base = p["colocated"], p["split"], p["single_process"]
     return {
         "step <= single process": colocated["step_s"] <= base["step_s"],
