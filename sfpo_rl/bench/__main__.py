@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from sfpo_rl.bench.common import NOISE_NOTE, machine_info, row, summary_table, write_result
+from sfpo_rl.bench.common import NOISE_NOTE, machine_info, row, run_logged, summary_table, write_result
 
 # step_time and one_box before weight_sync: the latter reads their trainer runs for the share of a step.
 BENCHMARKS = (
@@ -66,18 +64,15 @@ def run_one(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
     result_path.unlink(missing_ok=True)
     print(f"[bench] {name} ... (log: {log})", flush=True)
     start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.run(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+    returncode = run_logged(cmd, log)
     elapsed = time.perf_counter() - start
-    if proc.returncode != 0 or not result_path.exists():
+    if returncode != 0 or not result_path.exists():
         last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
         print(
-            f"[bench] {name} FAILED (exit {proc.returncode}) after {elapsed:.0f} s: {last[0][:300]}",
+            f"[bench] {name} FAILED (exit {returncode}) after {elapsed:.0f} s: {last[0][:300]}",
             flush=True,
         )
-        return [{**row("FAILED", None, "", f"exit {proc.returncode}; see {log}"), "benchmark": name}], elapsed
+        return [{**row("FAILED", None, "", f"exit {returncode}; see {log}"), "benchmark": name}], elapsed
     rows = json.loads(result_path.read_text())["rows"]
     print(f"[bench] {name} done in {elapsed:.0f} s", flush=True)
     return [{**r, "benchmark": name} for r in rows], elapsed

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,17 @@ def summary_table(rows: Sequence[dict[str, Any]], benchmark: str | None = None) 
         ["benchmark", "metric", "value", "unit", "note"],
         [[r.get("benchmark", benchmark), r["metric"], r["value"], r["unit"], r["note"]] for r in rows],
     )
+
+
+def logged_env() -> dict[str, str]:
+    """The environment of a child process whose output goes to a log file: unbuffered, so the log is current."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_logged(cmd: Sequence[str], log: Path) -> int:
+    """Run `cmd` with its stdout and stderr written to `log`; its exit code."""
+    with open(log, "w") as out:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=logged_env()).returncode
 
 
 def median(values: Sequence[float]) -> float:
@@ -137,8 +149,9 @@ def bench_main(
     run: Callable[[argparse.Namespace], dict[str, Any]],
     argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Parse the command line, run, print, write `<out>/<name>.json`; returns the result."""
-    parser = base_parser(name, description)
+    """Parse the command line, run, print, write `<out>/<name>.json`; returns the result. `description` may be
+    the module's docstring: its first line describes the command."""
+    parser = base_parser(name, description.strip().splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -194,14 +194,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _init_process_group(device)
     try:
         with tempfile.TemporaryDirectory(prefix="sfpo_gpu_check_") as tmp:
-            return _check(args, shape, device, Path(tmp), start)
+            setup = _setup(args, shape, device, Path(tmp), start)
+            measured = _measure(args, setup, start)
+            return _report(args, setup, measured, start)
     finally:
         dist.destroy_process_group()
 
 
-def _check(
-    args: argparse.Namespace, shape: Shape, device: torch.device, tmp: Path, start: float
-) -> dict[str, Any]:
+@dataclass
+class Setup:
+    """The check's model, actor and batch."""
+
+    shape: Shape
+    device: torch.device
+    tmp: Path
+    model_dir: Path
+    hf: Any
+    config: dict[str, Any]
+    actor: FSDPActor
+    batch: Batch
+
+    @property
+    def seq_lens(self) -> list[int]:
+        return self.batch["attention_mask"].sum(-1).tolist()
+
+    @property
+    def response_lens(self) -> list[int]:
+        return self.batch["response_mask"].sum(-1).tolist()
+
+
+def _setup(args: argparse.Namespace, shape: Shape, device: torch.device, tmp: Path, start: float) -> Setup:
     model_dir = _random_model(shape, tmp / "model", device, args.seed)
     hf = AutoConfig.from_pretrained(model_dir)
     _log(
@@ -220,7 +242,6 @@ def _check(
         activation_checkpointing=device.type == "cuda",  # as configs/hardware/gpu.yaml
     )
     actor = FSDPActor(model_dir, sectioned(config))
-    params = sum(p.numel() for p in actor.params)
     batch = long_tailed_rollouts(
         shape.vocab_size,
         hf.pad_token_id,
@@ -229,23 +250,24 @@ def _check(
         shape.median_response,
         seed=args.seed,
     )
-    seq_lens = batch["attention_mask"].sum(-1).tolist()
-    response_lens = batch["response_mask"].sum(-1).tolist()
-    tokens = sum(seq_lens)
-    attention = actor.model.config._attn_implementation
+    params = sum(p.numel() for p in actor.params)
     layout = "packed" if actor.packed else "padded"
     _log(
         start,
         f"actor ready: {params / 1e9:.3f}B parameters, {actor.param_dtype} compute with float32 master weights, "
-        f"{attention} attention, {layout} forwards",
+        f"{actor.model.config._attn_implementation} attention, {layout} forwards",
     )
+    return Setup(shape, device, tmp, model_dir, hf, config, actor, batch)
 
-    passes = args.inner_steps + 1  # ppo_epochs = 1
-    step_flops = update_flops(DecoderShape.from_hf_config(hf), seq_lens, response_lens)["total"] * passes
-    k, alpha = args.inner_steps, args.alpha
+
+def _measure(args: argparse.Namespace, s: Setup, start: float) -> dict[str, Any]:
+    """Timed SFPO steps, the peak memory of each kind of update, and the drift from a float32 recomputation."""
+    actor, device, k, alpha = s.actor, s.device, args.inner_steps, args.alpha
+    tokens, passes = sum(s.seq_lens), args.inner_steps + 1  # ppo_epochs = 1
+    compute_dtype = actor.param_dtype
     steps, sfpo_peaks = [], []
     for step in range(1, args.steps + 1):
-        data = _with_old_log_probs(actor, batch)
+        data = _with_old_log_probs(actor, s.batch)
         t0 = time.perf_counter()
         result, peak = _peak_memory(device, actor.sfpo_update, data, k, alpha)
         seconds = time.perf_counter() - t0
@@ -257,51 +279,82 @@ def _check(
             f"SFPO step {step}: {seconds:.2f} s, {tokens * passes / seconds:,.0f} tokens/s, loss "
             f"{result.metrics['actor/pg_loss']:.4f}, entropy {result.entropy:.3f}",
         )
-    _, plain_peak = _peak_memory(device, actor.update, _with_old_log_probs(actor, batch))
+    _, plain_peak = _peak_memory(device, actor.update, _with_old_log_probs(actor, s.batch))
     actor.config.sfpo_slow_copy_device = "cpu"
-    _, host_copy_peak = _peak_memory(device, actor.sfpo_update, _with_old_log_probs(actor, batch), k, alpha)
+    _, host_copy_peak = _peak_memory(device, actor.sfpo_update, _with_old_log_probs(actor, s.batch), k, alpha)
     _log(start, "memory measured: a plain update, an SFPO step with the slow copy in host memory")
 
-    log_probs = actor.compute_log_prob(batch)["old_log_probs"]
-    weights = _save_weights(actor.state_dict_for_rollout(), model_dir, tmp / "trained")
-    shard_bytes = sum(p.to_local().numel() * p.to_local().element_size() for p in actor.params)
-    compute_dtype = actor.param_dtype
-    float32 = FSDPPolicy(weights, sectioned({**config, "param_dtype": "float32", "forward_layout": "padded"}))
-    reference = float32.compute_log_prob(batch)["old_log_probs"]
-    measured = drift(log_probs, reference, batch["response_mask"])
-    failures = drift_failures(measured, args.max_mean_drift, args.max_drift)
-    failures += [f"SFPO step {s['step']} went non-finite" for s in steps if s["nonfinite"]]
+    log_probs = actor.compute_log_prob(s.batch)["old_log_probs"]
+    weights = _save_weights(actor.state_dict_for_rollout(), s.model_dir, s.tmp / "trained")
+    float32 = FSDPPolicy(
+        weights, sectioned({**s.config, "param_dtype": "float32", "forward_layout": "padded"})
+    )
+    reference = float32.compute_log_prob(s.batch)["old_log_probs"]
+    measured = drift(log_probs, reference, s.batch["response_mask"])
     _log(
         start, f"drift of the log-probs from float32: mean {measured['mean']:.2e}, max {measured['max']:.2e}"
     )
-
-    timed = steps[1:] or steps  # step 1 also pays for warm-up
-    seconds = sorted(s["seconds"] for s in timed)[len(timed) // 2]
-    peak_dtype = str(compute_dtype).removeprefix("torch.")
     peak_flops = matmul_peak_flops(size=8192 if device.type == "cuda" else 256, dtype=compute_dtype)
-    mfu = step_flops / seconds / peak_flops
+    return {
+        "steps": steps,
+        "sfpo_peaks": sfpo_peaks,
+        "plain_peak": plain_peak,
+        "host_copy_peak": host_copy_peak,
+        "drift": measured,
+        "compute_dtype": compute_dtype,
+        "peak_flops": peak_flops,
+    }
+
+
+def _report(args: argparse.Namespace, s: Setup, m: dict[str, Any], start: float) -> dict[str, Any]:
+    actor, shape, steps, measured = s.actor, s.shape, m["steps"], m["drift"]
+    failures = drift_failures(measured, args.max_mean_drift, args.max_drift)
+    failures += [f"SFPO step {t['step']} went non-finite" for t in steps if t["nonfinite"]]
+    tokens, response_lens, passes = sum(s.seq_lens), s.response_lens, args.inner_steps + 1
+    step_flops = update_flops(DecoderShape.from_hf_config(s.hf), s.seq_lens, response_lens)["total"] * passes
+    timed = steps[1:] or steps  # step 1 also pays for warm-up
+    seconds = sorted(t["seconds"] for t in timed)[len(timed) // 2]
+    peak_dtype = str(m["compute_dtype"]).removeprefix("torch.")
+    sfpo_peaks = m["sfpo_peaks"]
     sfpo_peak = max(sfpo_peaks) if sfpo_peaks and sfpo_peaks[0] is not None else None
+    shard_bytes = sum(p.to_local().numel() * p.to_local().element_size() for p in actor.params)
     rows = [
         row(
             "update throughput", tokens * passes / seconds, "tokens/s", f"median of SFPO steps 2-{args.steps}"
         ),
-        row("model FLOP utilisation", mfu, "fraction", f"vs measured {peak_dtype} matmul peak"),
-        row("matmul peak", peak_flops / 1e12, "TFLOP/s", f"{peak_dtype}, this device"),
-        row("peak memory, plain update", plain_peak, "GiB", "no slow copy"),
+        row(
+            "model FLOP utilisation",
+            step_flops / seconds / m["peak_flops"],
+            "fraction",
+            f"vs measured {peak_dtype} matmul peak",
+        ),
+        row("matmul peak", m["peak_flops"] / 1e12, "TFLOP/s", f"{peak_dtype}, this device"),
+        row("peak memory, plain update", m["plain_peak"], "GiB", "no slow copy"),
         row("peak memory, SFPO step", sfpo_peak, "GiB", "slow copy on the device"),
-        row("peak memory, SFPO step, slow copy in host", host_copy_peak, "GiB", "sfpo_slow_copy_device=cpu"),
+        row(
+            "peak memory, SFPO step, slow copy in host",
+            m["host_copy_peak"],
+            "GiB",
+            "sfpo_slow_copy_device=cpu",
+        ),
         row("slow copy (local shard, float32)", shard_bytes / GIB, "GiB", "expected SFPO - plain"),
         row("log-prob drift, mean", measured["mean"], "nats", f"tolerance {args.max_mean_drift:g}"),
         row("log-prob drift, max", measured["max"], "nats", f"tolerance {args.max_drift:g}"),
         row("check", "FAILED" if failures else "passed", "", "; ".join(failures)),
     ]
+    device = s.device
     return {
         "rows": rows,
         "failures": failures,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "versions": _versions(),
-        "model": {**vars(shape), "parameters": params, "attention": attention, "forward_layout": layout},
-        "actor": config,
+        "model": {
+            **vars(shape),
+            "parameters": sum(p.numel() for p in actor.params),
+            "attention": actor.model.config._attn_implementation,
+            "forward_layout": "packed" if actor.packed else "padded",
+        },
+        "actor": s.config,
         "workload": {
             "rows": shape.rows,
             "tokens": tokens,
@@ -312,8 +365,12 @@ def _check(
         },
         "steps": steps,
         "drift": measured,
-        "peak_memory_gib": {"plain_update": plain_peak, "sfpo": sfpo_peaks, "sfpo_host_copy": host_copy_peak},
-        "modules_loaded": sorted(m for m in ("ray", "vllm", "hydra") if m in sys.modules),
+        "peak_memory_gib": {
+            "plain_update": m["plain_peak"],
+            "sfpo": sfpo_peaks,
+            "sfpo_host_copy": m["host_copy_peak"],
+        },
+        "modules_loaded": sorted(mod for mod in ("ray", "vllm", "hydra") if mod in sys.modules),
         "wall_s": time.perf_counter() - start,
     }
 

@@ -13,20 +13,35 @@ from __future__ import annotations
 
 import argparse
 import gc
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from sfpo_rl.bench.common import bench_main, median, row
+from sfpo_rl.bench.groups import split_groups, start_ray
+from sfpo_rl.bench.memory import MIB, reset_peak, status_bytes
 from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV, run_ranks
-from sfpo_rl.bench.workload import actor_config, make_model, prepared_actor, synthetic_rollouts
+from sfpo_rl.bench.workload import (
+    actor_config,
+    parse_size,
+    prepared_actor,
+    sized_model,
+    synthetic_rollouts,
+)
 
 NAME = "lora"
 WORLD = 2
-MIB = 2**20
 ARMS = ("full", "lora")
-ROLLOUT = dict(max_prompt_length=32, max_response_length=32, dtype="float32", kv_cache_gib=0.25)
+# What each arm reports, with its label and unit.
+LABELS = {
+    "trainable_params": ("trainable parameters", ""),
+    "peak_rss_mb": ("actor peak memory per rank (RSS during an SFPO step)", "MB"),
+    "optimizer_mb": ("optimizer state per rank", "MB"),
+    "slow_copy_mb": ("SFPO slow copy per rank", "MB"),
+    "sync_mb": ("shipped per sync", "MB"),
+    "sync_s": ("sync seconds (split placement)", "s"),
+    "step_s": ("update seconds (one SFPO step, K={k})", "s"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,14 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed steps and syncs per arm; 2 quick, 3 full"
     )
-
-
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _actor_job(rank: int, model_dir: str, batch, configs: dict, k: int, repeats: int) -> dict[str, Any]:
@@ -60,13 +67,13 @@ def _actor_job(rank: int, model_dir: str, batch, configs: dict, k: int, repeats:
         seconds, peaks, slow = [], [], 0.0
         for _ in range(repeats):
             gc.collect()
-            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+            reset_peak()
             dist.barrier()
             start = time.perf_counter()
             result = actor.sfpo_update(local, k, 0.8)
             dist.barrier()
             seconds.append(time.perf_counter() - start)
-            peaks.append(_rss("VmHWM:"))
+            peaks.append(status_bytes("VmHWM"))
             slow = result.metrics["sfpo/slow_copy_bytes"]
         optimizer = sum(
             (v.to_local() if hasattr(v, "to_local") else v).nbytes
@@ -88,29 +95,7 @@ def _actor_job(rank: int, model_dir: str, batch, configs: dict, k: int, repeats:
 
 def _sync(model_dir: Path, lora: dict | None, bucket_mb: float, repeats: int) -> list[dict[str, float]]:
     """Syncs on split worker groups (one warm-up first): each one's seconds and the engine's load stats."""
-    from sfpo_rl.controller import RayWorkerGroup, ResourcePool
-    from sfpo_rl.trainer.worker_groups import WorkerGroups
-    from sfpo_rl.workers.actor_worker import ActorWorker
-    from sfpo_rl.workers.rollout import RolloutWorker
-
-    tag = "lora" if lora else "full"
-    actor_cfg = {"lora": lora} if lora else {}
-    groups = WorkerGroups(
-        actor=RayWorkerGroup(
-            ResourcePool([2], name=f"bench-{tag}-actor"), ActorWorker, "actor", str(model_dir), actor_cfg
-        ),
-        rollout=RayWorkerGroup(
-            ResourcePool([1], name=f"bench-{tag}-rollout"),
-            RolloutWorker,
-            "rollout",
-            str(model_dir),
-            {**ROLLOUT, "sync_bucket_mb": bucket_mb},
-            lora,
-        ),
-        reward=None,
-        sync_bucket_mb=bucket_mb,
-        sync_adapter=lora is not None,
-    )
+    groups = split_groups(model_dir, bucket_mb, name=f"bench-{'lora' if lora else 'full'}", lora=lora)
     try:
         if lora:
             [reason] = groups.rollout.lora_fallback()
@@ -127,40 +112,31 @@ def _sync(model_dir: Path, lora: dict | None, bucket_mb: float, repeats: int) ->
         groups.shutdown()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, model_dir: Path, repeats: int, lora: dict) -> tuple[list, dict]:
+    """Both arms' actor figures on each rank, then both arms' syncs."""
     from transformers import AutoConfig
 
-    from sfpo_rl.bench.weight_sync import model_layout, parse_size
-    from sfpo_rl.controller import init_ray
-
-    width, layers = parse_size(args.size)
-    repeats = args.repeats or (2 if args.quick else 3)
-    lora = {"rank": args.rank, "alpha": 2.0 * args.rank}
     base = actor_config(args.rows)
     configs = {"full": base, "lora": {**base, "lora": lora}}
-    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
-        model_dir = make_model(Path(tmp) / "model", width, layers)
-        layout = model_layout(model_dir)
-        print(
-            f"[bench] lora: {layout['params'] / 1e6:.0f}M parameters, LoRA rank {args.rank}, {args.rows} rollouts, "
-            f"SFPO K={args.inner_steps}, {repeats} repeats",
-            flush=True,
-        )
-        hf = AutoConfig.from_pretrained(model_dir)
-        batch = synthetic_rollouts(hf.vocab_size, hf.pad_token_id, args.rows, 16, 48)
-        ranks = run_ranks(
-            _actor_job,
-            str(model_dir),
-            batch,
-            configs,
-            args.inner_steps,
-            repeats,
-            world_size=WORLD,
-            env=EAGER_FREE_MALLOC_ENV,
-        )
-        init_ray(num_cpus=8, env_vars={"VLLM_LOGGING_LEVEL": "ERROR"})
-        syncs = {arm: _sync(model_dir, lora if arm == "lora" else None, 64.0, repeats) for arm in ARMS}
+    hf = AutoConfig.from_pretrained(model_dir)
+    batch = synthetic_rollouts(hf.vocab_size, hf.pad_token_id, args.rows, 16, 48)
+    ranks = run_ranks(
+        _actor_job,
+        str(model_dir),
+        batch,
+        configs,
+        args.inner_steps,
+        repeats,
+        world_size=WORLD,
+        env=EAGER_FREE_MALLOC_ENV,
+    )
+    start_ray()
+    syncs = {arm: _sync(model_dir, lora if arm == "lora" else None, 64.0, repeats) for arm in ARMS}
+    return ranks, syncs
 
+
+def per_arm(ranks: list[dict], syncs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each arm's figures: the larger rank's memory, the median step and sync."""
     measured: dict[str, dict[str, float]] = {}
     for arm in ARMS:
         per_rank = [r[arm] for r in ranks]
@@ -173,31 +149,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sync_s": median([s["s"] for s in syncs[arm]]),
             "step_s": median([s for r in per_rank for s in r["step_s"]]),
         }
-    labels = {
-        "trainable_params": ("trainable parameters", ""),
-        "peak_rss_mb": ("actor peak memory per rank (RSS during an SFPO step)", "MB"),
-        "optimizer_mb": ("optimizer state per rank", "MB"),
-        "slow_copy_mb": ("SFPO slow copy per rank", "MB"),
-        "sync_mb": ("shipped per sync", "MB"),
-        "sync_s": ("sync seconds (split placement)", "s"),
-        "step_s": (f"update seconds (one SFPO step, K={args.inner_steps})", "s"),
-    }
+    return measured
+
+
+def report(
+    args: argparse.Namespace, layout: dict[str, float], ranks: list[dict], syncs: dict
+) -> dict[str, Any]:
+    width, layers = parse_size(args.size)
+    measured = per_arm(ranks, syncs)
+    full, lora = measured["full"], measured["lora"]
+    labels = {key: (label.format(k=args.inner_steps), unit) for key, (label, unit) in LABELS.items()}
     table = [
-        [
-            label,
-            unit,
-            measured["full"][key],
-            measured["lora"][key],
-            measured["lora"][key] / measured["full"][key],
-        ]
-        for key, (label, unit) in labels.items()
+        [label, unit, full[key], lora[key], lora[key] / full[key]] for key, (label, unit) in labels.items()
     ]
     summary = [
         row(
             f"LoRA r{args.rank} / full: {label}",
-            measured["lora"][key] / measured["full"][key],
+            lora[key] / full[key],
             "x",
-            f"{measured['lora'][key]:.3g} vs {measured['full'][key]:.3g} {unit}".strip(),
+            f"{lora[key]:.3g} vs {full[key]:.3g} {unit}".strip(),
         )
         for key, (label, unit) in labels.items()
         if key != "trainable_params"
@@ -224,9 +194,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    repeats = args.repeats or (2 if args.quick else 3)
+    lora = {"rank": args.rank, "alpha": 2.0 * args.rank}
+    with sized_model(args.size) as (model_dir, layout):
+        print(
+            f"[bench] lora: {layout['params'] / 1e6:.0f}M parameters, LoRA rank {args.rank}, {args.rows} rollouts, "
+            f"SFPO K={args.inner_steps}, {repeats} repeats",
+            flush=True,
+        )
+        ranks, syncs = measure(args, model_dir, repeats, lora)
+    return report(args, layout, ranks, syncs)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

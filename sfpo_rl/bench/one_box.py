@@ -7,7 +7,7 @@ process of the run (driver, Ray's own processes, workers, verifier processes), s
 and its median while training. Ratios are against the single-process baseline, and sync against the split
 placement's (which, for the tiny model's single bucket, is the path the trainer took before the streamed sync).
 
-Targets (issue 13, item 4), checked and reported per pass: colocated step and update at most the baseline's,
+Targets, checked and reported per pass: colocated step and update at most the baseline's,
 sync at most a third of the split placement's, start-up at most half of the split placement's, total PSS
 under 2 GiB.
 """
@@ -15,8 +15,6 @@ under 2 GiB.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import threading
@@ -25,8 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sfpo_rl.bench.common import bench_main, median, row
-from sfpo_rl.bench.step_time import PHASES, RUN_OVERRIDES, phase_breakdown, pinned_model
+from sfpo_rl.bench.common import bench_main, logged_env, median, row
+from sfpo_rl.bench.trainer_runs import (
+    breakdown_phases,
+    phase_breakdown,
+    pinned_model,
+    trainer_command,
+    training_rows,
+)
 
 NAME = "one_box"
 RUNS = ("colocated", "split", "single_process")
@@ -112,19 +116,17 @@ def watch(cmd: list[str], run_dir: Path, log: Path) -> dict[str, Any]:
     print(f"[bench] one_box: {' '.join(cmd[1:])} (log: {log})", file=sys.stderr, flush=True)
     with open(log, "w") as out:
         launched = time.monotonic()
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=logged_env())
         memory = TreeMemory(proc.pid)
         memory.start()
         seen: list[float] = []  # when each training row appeared
         while proc.poll() is None:
-            rows = _training_rows(metrics)
+            rows = training_rows(metrics)
             seen += [time.monotonic()] * (len(rows) - len(seen))
             time.sleep(0.05)
         exited = time.monotonic()
         memory.stop()
-    rows = _training_rows(metrics)
+    rows = training_rows(metrics)
     if proc.returncode != 0 or not rows:
         raise RuntimeError(
             f"{cmd[2]} failed (exit {proc.returncode}); end of {log}:\n{log.read_text()[-3000:]}"
@@ -145,21 +147,6 @@ def watch(cmd: list[str], run_dir: Path, log: Path) -> dict[str, Any]:
     }
 
 
-def _training_rows(metrics: Path) -> list[dict[str, Any]]:
-    if not metrics.is_file():
-        return []
-    lines = metrics.read_text().splitlines()
-    rows = []
-    for line in lines:
-        try:
-            row_ = json.loads(line)
-        except json.JSONDecodeError:  # a line being written
-            break
-        if "timing/step" in row_:
-            rows.append(row_)
-    return rows
-
-
 def commands(name: str, run_dir: Path, steps: int, model: tuple[str, ...], threads: int) -> list[str]:
     overrides = ["algorithm=grpo", f"trainer.total_steps={steps}", *model]
     if name == "single_process":
@@ -172,15 +159,7 @@ def commands(name: str, run_dir: Path, steps: int, model: tuple[str, ...], threa
             str(threads),
         ]
         return [sys.executable, *baseline, *overrides]
-    return [
-        sys.executable,
-        "-m",
-        "sfpo_rl.trainer.main",
-        f"resources.placement={name}",
-        f"trainer.run_dir={run_dir}",
-        *RUN_OVERRIDES,
-        *overrides,
-    ]
+    return trainer_command(f"resources.placement={name}", f"trainer.run_dir={run_dir}", *overrides)
 
 
 def figures(watched: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +173,7 @@ def figures(watched: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(p: dict[str, dict[str, Any]]) -> dict[str, bool]:
-    """Issue 13's one-box targets for the colocated placement, on one pass's figures."""
+    """The one-box targets for the colocated placement (see the module docstring), on one pass's figures."""
     colocated, split, base = p["colocated"], p["split"], p["single_process"]
     return {
         "step <= single process": colocated["step_s"] <= base["step_s"],
@@ -226,9 +205,8 @@ FIGURES = {
 }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    steps = args.steps or (4 if args.quick else 8)
-    n_passes = args.passes or (1 if args.quick else 3)
+def measure(args: argparse.Namespace, steps: int, n_passes: int) -> list[dict[str, dict[str, Any]]]:
+    """Each pass runs the three, one after the other; per pass, each run's figures."""
     model = pinned_model(args.cache_dir)
     out = args.out / NAME
     passes: list[dict[str, dict[str, Any]]] = []
@@ -240,25 +218,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             watched = watch(cmd, run_dir, run_dir.with_suffix(".log"))
             current[name] = figures(watched)
         passes.append(current)
+    return passes
 
-    med = {
-        name: {k: over_passes(passes, name, lambda f, k=k: f[k]) for k in FIGURES.values()} for name in RUNS
-    }
+
+def summary_rows(med: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The colocated placement against its targets, on the medians over passes."""
     col, split, base = (med[name] for name in RUNS)
-    table = [
-        [label, *(med[name][key] for name in RUNS), col[key] / base[key] if base[key] and col[key] else None]
-        for label, key in FIGURES.items()
-    ]
-    phases = [
-        p for p in (*PHASES, "other", "step") if any(p in f["breakdown"] for r in passes for f in r.values())
-    ]
-    breakdown = [
-        [phase, *(over_passes(passes, name, lambda f, p=phase: f["breakdown"].get(p)) for name in RUNS)]
-        for phase in phases
-    ]
-    heaviest = sorted(passes[0]["colocated"]["pss_at_peak_mib"].items(), key=lambda x: -x[1])
-    met = [targets(p) for p in passes]
-    summary = [
+    return [
         row(
             "colocated / single process, GRPO step",
             col["step_s"] / base["step_s"],
@@ -286,23 +252,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"split {split['pss_peak_gib']:.2f} GiB, single process {base['pss_peak_gib']:.2f} GiB; target < 2",
         ),
     ]
+
+
+def tables(passes: list[dict[str, dict[str, Any]]], med: dict[str, dict[str, Any]], steps: int) -> dict:
+    col, base = med["colocated"], med["single_process"]
+    figure_rows = [
+        [label, *(med[name][key] for name in RUNS), col[key] / base[key] if base[key] and col[key] else None]
+        for label, key in FIGURES.items()
+    ]
+    phases = breakdown_phases([f["breakdown"] for r in passes for f in r.values()])
+    breakdown = [
+        [phase, *(over_passes(passes, name, lambda f, p=phase: f["breakdown"].get(p)) for name in RUNS)]
+        for phase in phases
+    ]
+    heaviest = sorted(passes[0]["colocated"]["pss_at_peak_mib"].items(), key=lambda x: -x[1])
+    met = [targets(p) for p in passes]
     return {
-        "rows": summary,
-        "tables": {
-            f"median over {n_passes} pass(es), steps 2-{steps} of each run": (
-                ["figure", *RUNS, "colocated / single process"],
-                table,
-            ),
-            "median seconds per phase": (["phase", *RUNS], breakdown),
-            "colocated: PSS per process at its peak (pass 0; MiB, summed by name)": (
-                ["process", "MiB"],
-                [[name, mib] for name, mib in heaviest],
-            ),
-            "targets met per pass": (
-                ["target", *[f"pass {i}" for i in range(n_passes)]],
-                [[t, *["yes" if m[t] else "no" for m in met]] for t in met[0]],
-            ),
-        },
+        f"median over {len(passes)} pass(es), steps 2-{steps} of each run": (
+            ["figure", *RUNS, "colocated / single process"],
+            figure_rows,
+        ),
+        "median seconds per phase": (["phase", *RUNS], breakdown),
+        "colocated: PSS per process at its peak (pass 0; MiB, summed by name)": (
+            ["process", "MiB"],
+            [[name, mib] for name, mib in heaviest],
+        ),
+        "targets met per pass": (
+            ["target", *[f"pass {i}" for i in range(len(passes))]],
+            [[t, *["yes" if m[t] else "no" for m in met]] for t in met[0]],
+        ),
+    }
+
+
+def report(args: argparse.Namespace, steps: int, passes: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    med = {
+        name: {k: over_passes(passes, name, lambda f, k=k: f[k]) for k in FIGURES.values()} for name in RUNS
+    }
+    return {
+        "rows": summary_rows(med),
+        "tables": tables(passes, med, steps),
         "notes": [
             "Runs: algorithm=grpo on the warm-started tiny model, the embedded default's shapes (16 prompts x 8 "
             "samples, 96 tokens, 2 optimizer steps per batch), validation, checkpoints and export off.",
@@ -312,13 +300,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "made its generate and update over 10x slower (measured), which would flatter the placements.",
         ],
         "passes": passes,
-        "targets": met,
+        "targets": [targets(p) for p in passes],
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    steps = args.steps or (4 if args.quick else 8)
+    n_passes = args.passes or (1 if args.quick else 3)
+    return report(args, steps, measure(args, steps, n_passes))
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,12 @@ def run_ranks(
             os.environ.clear()
             os.environ.update(saved)
         return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+
+
+def slower_rank(per_rank: Sequence[Sequence[float]]) -> list[float]:
+    """Per repeat, the largest value over the ranks: collectives keep the ranks together, so a timed call
+    takes as long as its slower rank."""
+    return [max(values) for values in zip(*per_rank)]
 
 
 def _free_port() -> int:

@@ -341,15 +341,9 @@ def _kill_recovery(batch, repeats: int) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    prompts = args.prompts or (64 if args.quick else 256)
-    repeats = args.repeats or (3 if args.quick else 5)
-    clean = make_batch(prompts, args.n, args.seed, 0.0)
-    mixed = make_batch(prompts, args.n, args.seed, 0.01)
-    size = len(clean[0])
-    n_bad = mixed[2].count("pathological")
-    print(f"[bench] {NAME}: {size} responses per batch, {n_bad} pathological in the mixed one", flush=True)
-
+def measure(clean, mixed, repeats: int) -> dict[str, Any]:
+    """Each pathological answer's cost (caps on, then the nesting cases with them lifted), throughput on one
+    and on two verifier processes, and recovery from killed children."""
     costs = _pathological_costs()
     seconds = {name: s for name, (s, _, _) in costs.items()}
     slowest = max(seconds, key=seconds.get)
@@ -358,17 +352,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = {p: _throughput(clean, mixed, p, repeats) for p in (1, 2)}
     print(f"[bench] {NAME}: throughput measured", flush=True)
     recovery = _kill_recovery((clean[0][:128], clean[1][:128], None), repeats)
+    return {"costs": costs, "uncapped": uncapped, "runs": runs, "recovery": recovery}
 
-    one, two = runs[1], runs[2]
+
+def summary_rows(m: dict[str, Any], by_kind: dict[str, list[bool]], repeats: int) -> list[dict[str, Any]]:
+    costs, uncapped, recovery = m["costs"], m["uncapped"], m["recovery"]
+    one, two = m["runs"][1], m["runs"][2]
     mixed_outcomes = one["outcomes"]["mixed"]
-    by_kind: dict[str, list[bool]] = {}
-    for kind, outcome in zip(clean[2], one["outcomes"]["clean"]):
-        by_kind.setdefault(kind, []).append(outcome.acc)
     idle_extra = median(recovery["idle_kill_batch_s"]) - median(recovery["batch_s"])
     mid = recovery["mid_batch_kill_batch_s"]
     mid_extra = median(mid) - median(recovery["batch_s"]) if mid else None
     limit = 10.0  # reward.timeout_s default
-    rows = [
+    seconds = {name: s for name, (s, _, _) in costs.items()}
+    slowest = max(seconds, key=seconds.get)
+    return [
         row("responses/s, clean batch (1 verifier process)", one["responses_per_s"]["clean"], "resp/s"),
         row(
             "responses/s, 1% pathological mixed in (1 process)",
@@ -420,8 +417,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"(the one being scored); {len(mid)} of {repeats} kills landed mid-batch",
         ),
     ]
+
+
+def report(args: argparse.Namespace, prompts: int, repeats: int, clean, m: dict[str, Any]) -> dict[str, Any]:
+    costs, uncapped, runs = m["costs"], m["uncapped"], m["runs"]
+    by_kind: dict[str, list[bool]] = {}
+    for kind, outcome in zip(clean[2], runs[1]["outcomes"]["clean"]):
+        by_kind.setdefault(kind, []).append(outcome.acc)
     return {
-        "rows": rows,
+        "rows": summary_rows(m, by_kind, repeats),
         "tables": {
             "seconds and score per pathological answer (math_score against 5, no time limit)": (
                 ["answer", "seconds", "CPU seconds", "score"],
@@ -444,13 +448,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: {"seconds": s, "cpu_s": cpu, "score": score} for name, (s, cpu, score) in costs.items()
         },
         "uncapped_nesting": {name: {"seconds": s, "status": st} for name, (s, st) in uncapped.items()},
-        "recovery": recovery,
+        "recovery": m["recovery"],
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    prompts = args.prompts or (64 if args.quick else 256)
+    repeats = args.repeats or (3 if args.quick else 5)
+    clean = make_batch(prompts, args.n, args.seed, 0.0)
+    mixed = make_batch(prompts, args.n, args.seed, 0.01)
+    size = len(clean[0])
+    n_bad = mixed[2].count("pathological")
+    print(f"[bench] {NAME}: {size} responses per batch, {n_bad} pathological in the mixed one", flush=True)
+    return report(args, prompts, repeats, clean, measure(clean, mixed, repeats))
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

@@ -11,15 +11,14 @@ setting. Each repeat times one vLLM call and one transformers call, alternating 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from sfpo_rl.bench.common import bench_main, median, row
-from sfpo_rl.bench.workload import arith_prompts, make_model
+from sfpo_rl.bench.rollout_batches import left_padded
+from sfpo_rl.bench.workload import arith_prompts, scratch_model
 from sfpo_rl.protocol import Batch
 
 NAME = "rollout"
@@ -54,12 +53,8 @@ def hf_generate(
     model, prompt_ids: list[list[int]], pad_id: int, n: int, max_tokens: int, seed: int
 ) -> tuple[int, float]:
     """(generated tokens, seconds) of one transformers `generate` over all prompts x n samples, left-padded."""
-    width = max(len(p) for p in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_id)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, p in enumerate(prompt_ids):
-        input_ids[i, width - len(p) :] = torch.tensor(p)
-        attention_mask[i, width - len(p) :] = 1
+    input_ids, attention_mask = left_padded(prompt_ids, pad_id)
+    width = input_ids.shape[1]
     torch.manual_seed(seed)
     start = time.perf_counter()
     out = model.generate(
@@ -78,16 +73,13 @@ def hf_generate(
     return int(out[:, width:].numel()), elapsed
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, num_prompts: int, max_tokens: int, repeats: int) -> tuple[dict, float]:
+    """(generated tokens, seconds) per repeat of each generator, and the engine's start-up seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sfpo_rl.workers.rollout import VLLMRollout
 
-    num_prompts = args.prompts or (16 if args.quick else 64)
-    max_tokens = args.max_tokens or (64 if args.quick else 96)
-    repeats = args.repeats or (2 if args.quick else 3)
-    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
-        model_dir = make_model(Path(tmp) / "model", args.hidden_size, args.num_layers)
+    with scratch_model(args.hidden_size, args.num_layers) as model_dir:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         prompt_ids = tokenizer(arith_prompts(num_prompts), add_special_tokens=False)["input_ids"]
         engine = VLLMRollout(
@@ -115,7 +107,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(repeats):
             for name in runners if i % 2 == 0 else reversed(runners):
                 results[name].append(runners[name](i))
+    return results, engine.engine_start_s
 
+
+def report(
+    args: argparse.Namespace, num_prompts: int, max_tokens: int, results: dict, engine_start_s: float
+) -> dict[str, Any]:
     def tokens_per_s(name: str) -> list[float]:
         return [tokens / seconds for tokens, seconds in results[name]]
 
@@ -131,14 +128,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "vLLM / transformers generate, tokens/s",
                 median(speedups),
                 "x",
-                f"median of {repeats} paired repeats; {workload}",
+                f"median of {len(speedups)} paired repeats; {workload}",
             ),
-            row(
-                "vLLM",
-                median(vllm_tps),
-                "tokens/s",
-                f"engine start {engine.engine_start_s:.0f} s (once per run)",
-            ),
+            row("vLLM", median(vllm_tps), "tokens/s", f"engine start {engine_start_s:.0f} s (once per run)"),
             row(
                 "transformers generate",
                 median(hf_tps),
@@ -164,13 +156,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "generated_tokens_per_call": tokens,
         },
         "seconds": {name: [s for _, s in r] for name, r in results.items()},
-        "engine_start_s": engine.engine_start_s,
+        "engine_start_s": engine_start_s,
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    num_prompts = args.prompts or (16 if args.quick else 64)
+    max_tokens = args.max_tokens or (64 if args.quick else 96)
+    repeats = args.repeats or (2 if args.quick else 3)
+    results, engine_start_s = measure(args, num_prompts, max_tokens, repeats)
+    return report(args, num_prompts, max_tokens, results, engine_start_s)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

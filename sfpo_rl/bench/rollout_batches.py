@@ -1,6 +1,6 @@
-"""Synthetic rollout batches in the rollout engine's padded layout (prompts left-padded, responses right-padded),
-from given lengths or with a long tail of response lengths like a reasoning model's. Torch only: the GPU check
-imports this on a machine without the rest of the stack."""
+"""Batches in the rollout engine's padded layout (prompts left-padded, responses right-padded): prompts padded for
+`generate`, and synthetic rollouts from given lengths or with a long tail of response lengths like a reasoning
+model's. Torch only: the GPU check imports this on a machine without the rest of the stack."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ from collections.abc import Sequence
 import torch
 
 from sfpo_rl.protocol import Batch
+
+
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one left-padded batch: (input ids, attention mask)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
 
 
 def padded_rollouts(

@@ -5,10 +5,9 @@ in the same processes, alternating which goes first in each repeat. SFPO's extra
 one copy of the local shard, one in-place lerp and two norm all-reduces, so the target is a ratio <= 1.03.
 
 Memory: peak resident memory of each rank during `sfpo_update` and during `update`, above the resident
-memory when the call starts (the kernel's VmHWM, reset through /proc/self/clear_refs). A separate job runs
-with glibc set to return every freed block to the kernel at once, so the peak follows live tensors (with
-pooled malloc, memory freed by one phase is reused unseen by the next). Why not torch's memory profiler:
-it misses FSDP2's frees of all-gathered parameters (done by resizing storage to 0). The target: sfpo_update
+memory when the call starts (the kernel's VmHWM, see `sfpo_rl.bench.memory`). A separate job runs with glibc
+set to return every freed block to the kernel at once, so the peak follows live tensors (with pooled malloc,
+memory freed by one phase is reused unseen by the next). The target: sfpo_update
 peaks at most one local shard above update (the slow copy); a second copy (fast weights, a full-parameter
 clone) would add at least another shard.
 """
@@ -16,20 +15,24 @@ clone) would add at least another shard.
 from __future__ import annotations
 
 import argparse
-import gc
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from sfpo_rl.algorithms.sfpo import displacement_norm, reposition_, snapshot_
 from sfpo_rl.bench.common import bench_main, median, row
-from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV, run_ranks
-from sfpo_rl.bench.workload import actor_config, make_model, prepared_actor, synthetic_rollouts, timed
+from sfpo_rl.bench.memory import MIB, peak_rss_above_start
+from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV, run_ranks, slower_rank
+from sfpo_rl.bench.workload import (
+    actor_config,
+    check_rows,
+    prepared_actor,
+    scratch_model,
+    synthetic_rollouts,
+    timed,
+)
 from sfpo_rl.workers.fsdp_utils import all_reduce_sum, local_shards
 
 NAME = "sfpo_overhead"
 WORLD = 2
-MIB = 2**20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,24 +77,6 @@ def _sfpo_only_ops(actor, alpha: float) -> None:
     all_reduce_sum(displacement_norm(shards, slow).reshape(1) ** 2)
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def peak_rss_above_start(fn) -> int:
-    """Peak resident bytes of this process while fn runs, above its resident bytes when fn starts."""
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    start = _rss("VmRSS:")
-    fn()
-    return _rss("VmHWM:") - start
-
-
 def _memory_job(rank: int, model_dir: str, batch, config: dict, k: int, alpha: float) -> dict:
     actor, local = prepared_actor(rank, WORLD, model_dir, batch, config)
     actor.update(local)
@@ -109,51 +94,42 @@ def _memory_job(rank: int, model_dir: str, batch, config: dict, k: int, alpha: f
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    hidden = args.hidden_size
-    rows = args.rows or (16 if args.quick else 64)
-    repeats = args.repeats or (3 if args.quick else 5)
-    prompt_width, response_width = (16, 48) if args.quick else (32, 96)
-    k, alpha = args.inner_steps, args.alpha
-    if rows % (2 * WORLD):
-        raise ValueError(f"--rows must be a multiple of {2 * WORLD} (two mini-batches split over 2 ranks)")
-    config = actor_config(rows)
-    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
-        model_dir = make_model(Path(tmp) / "model", hidden, args.num_layers)
-        from transformers import AutoConfig
+def measure(args: argparse.Namespace, rows: int, repeats: int, widths: tuple[int, int]) -> tuple[list, list]:
+    """Per rank: the timed repeats, and (in a job whose glibc frees at once) the peak memory."""
+    from transformers import AutoConfig
 
+    k, alpha, config = args.inner_steps, args.alpha, actor_config(rows)
+    with scratch_model(args.hidden_size, args.num_layers) as model_dir:
         hf = AutoConfig.from_pretrained(model_dir)
-        batch = synthetic_rollouts(hf.vocab_size, hf.pad_token_id, rows, prompt_width, response_width)
+        batch = synthetic_rollouts(hf.vocab_size, hf.pad_token_id, rows, *widths)
         timing = run_ranks(_time_job, str(model_dir), batch, config, k, alpha, repeats, world_size=WORLD)
         memory = run_ranks(
             _memory_job, str(model_dir), batch, config, k, alpha, world_size=WORLD, env=EAGER_FREE_MALLOC_ENV
         )
+    return timing, memory
 
-    # Per repeat: wall time of the slower rank (collectives keep the ranks together), CPU time of both ranks.
-    def per_repeat(name: str) -> tuple[list[float], list[float]]:
-        wall = [max(r[name][i][0] for r in timing) for i in range(repeats)]
-        cpu = [sum(r[name][i][1] for r in timing) for i in range(repeats)]
-        return wall, cpu
 
-    (sfpo_wall, sfpo_cpu), (plain_wall, plain_cpu) = per_repeat("sfpo"), per_repeat("plain")
-    wall_ratios = [s / p for s, p in zip(sfpo_wall, plain_wall)]
-    cpu_ratios = [s / p for s, p in zip(sfpo_cpu, plain_cpu)]
-    ops_wall = min(
-        max(r["sfpo_only_ops"][i][0] for r in timing) for i in range(len(timing[0]["sfpo_only_ops"]))
-    )
-    ops_fraction = ops_wall / min(plain_wall)
-    time_table = [
-        [
-            i,
-            sfpo_wall[i],
-            plain_wall[i],
-            sfpo_wall[i] / plain_wall[i],
-            sfpo_cpu[i],
-            plain_cpu[i],
-            sfpo_cpu[i] / plain_cpu[i],
-        ]
-        for i in range(repeats)
-    ]
+def time_figures(timing: list[dict]) -> dict[str, Any]:
+    """Per repeat: wall time of the slower rank (collectives keep the ranks together), CPU time of both ranks;
+    and the SFPO-only operations' best wall time."""
+
+    def walls(name: str) -> list[float]:
+        return slower_rank([[wall for wall, _ in r[name]] for r in timing])
+
+    def cpus(name: str) -> list[float]:
+        return [sum(per_rank) for per_rank in zip(*[[cpu for _, cpu in r[name]] for r in timing])]
+
+    return {
+        "sfpo_wall_s": walls("sfpo"),
+        "plain_wall_s": walls("plain"),
+        "sfpo_cpu_s": cpus("sfpo"),
+        "plain_cpu_s": cpus("plain"),
+        "sfpo_only_ops_wall_s": min(walls("sfpo_only_ops")),
+    }
+
+
+def memory_table(memory: list[dict]) -> tuple[list[list[float]], list[float]]:
+    """Per rank its shard, model and peaks (MiB), and the extra peak of sfpo_update in local shards."""
     mem_table, extra_shards = [], []
     for rank, m in enumerate(memory):
         extra = m["sfpo_peak_bytes"] - m["update_peak_bytes"]
@@ -169,56 +145,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 extra / m["shard_bytes"],
             ]
         )
+    return mem_table, extra_shards
+
+
+def summary_rows(args: argparse.Namespace, rows: int, t: dict[str, Any], memory: list[dict]) -> list[dict]:
+    k, repeats = args.inner_steps, len(t["sfpo_wall_s"])
+    wall_ratios = [s / p for s, p in zip(t["sfpo_wall_s"], t["plain_wall_s"])]
+    cpu_ratios = [s / p for s, p in zip(t["sfpo_cpu_s"], t["plain_cpu_s"])]
+    ops_wall = t["sfpo_only_ops_wall_s"]
+    _, extra_shards = memory_table(memory)
     worst_rank = max(range(len(memory)), key=lambda r: extra_shards[r])
     worst, w = extra_shards[worst_rank], memory[worst_rank]
 
     def spread(ratios: list[float]) -> str:
         return f"target <= 1.03; median of {repeats} repeats spanning {min(ratios):.3f}-{max(ratios):.3f}"
 
+    return [
+        row(f"sfpo_update(K={k}) / {k + 1} x update, wall", median(wall_ratios), "x", spread(wall_ratios)),
+        row(f"sfpo_update(K={k}) / {k + 1} x update, CPU", median(cpu_ratios), "x", spread(cpu_ratios)),
+        row(
+            f"SFPO-only ops / {k + 1} x update",
+            ops_wall / min(t["plain_wall_s"]),
+            "fraction",
+            f"snapshot + reposition + 2 norms, timed alone ({ops_wall * 1e3:.1f} ms): the overhead free of "
+            "pass-to-pass noise",
+        ),
+        row(
+            "sfpo_update wall time",
+            median(t["sfpo_wall_s"]),
+            "s",
+            f"{rows} rollouts, hidden {args.hidden_size}, {args.num_layers} layers",
+        ),
+        row(
+            "sfpo_update peak - update peak, memory",
+            worst,
+            "local shards",
+            f"target <= 1 shard (+ page noise): {'met' if worst <= 1.15 else 'NOT met'}; rank {worst_rank}: "
+            f"update {w['update_peak_bytes'] / MIB:.1f} MiB, sfpo_update {w['sfpo_peak_bytes'] / MIB:.1f} MiB, "
+            f"shard {w['shard_bytes'] / MIB:.2f} MiB",
+        ),
+    ]
+
+
+def report(
+    args: argparse.Namespace, rows: int, widths: tuple[int, int], timing: list[dict], memory: list[dict]
+) -> dict[str, Any]:
+    k, t = args.inner_steps, time_figures(timing)
+    time_table = [
+        [i, sw, pw, sw / pw, sc, pc, sc / pc]
+        for i, (sw, pw, sc, pc) in enumerate(
+            zip(t["sfpo_wall_s"], t["plain_wall_s"], t["sfpo_cpu_s"], t["plain_cpu_s"])
+        )
+    ]
+    update = f"{k + 1}x update"
     return {
-        "rows": [
-            row(
-                f"sfpo_update(K={k}) / {k + 1} x update, wall", median(wall_ratios), "x", spread(wall_ratios)
-            ),
-            row(f"sfpo_update(K={k}) / {k + 1} x update, CPU", median(cpu_ratios), "x", spread(cpu_ratios)),
-            row(
-                f"SFPO-only ops / {k + 1} x update",
-                ops_fraction,
-                "fraction",
-                f"snapshot + reposition + 2 norms, timed alone ({ops_wall * 1e3:.1f} ms): the overhead free of "
-                "pass-to-pass noise",
-            ),
-            row(
-                "sfpo_update wall time",
-                median(sfpo_wall),
-                "s",
-                f"{rows} rollouts, hidden {hidden}, {args.num_layers} layers",
-            ),
-            row(
-                "sfpo_update peak - update peak, memory",
-                worst,
-                "local shards",
-                f"target <= 1 shard (+ page noise): {'met' if worst <= 1.15 else 'NOT met'}; rank {worst_rank}: "
-                f"update {w['update_peak_bytes'] / MIB:.1f} MiB, sfpo_update {w['sfpo_peak_bytes'] / MIB:.1f} MiB, "
-                f"shard {w['shard_bytes'] / MIB:.2f} MiB",
-            ),
-        ],
+        "rows": summary_rows(args, rows, t, memory),
         "tables": {
             "time per repeat (s; wall: slower rank, CPU: both ranks)": (
-                [
-                    "repeat",
-                    "sfpo wall",
-                    f"{k + 1}x update wall",
-                    "ratio",
-                    "sfpo CPU",
-                    f"{k + 1}x update CPU",
-                    "ratio",
-                ],
+                ["repeat", "sfpo wall", f"{update} wall", "ratio", "sfpo CPU", f"{update} CPU", "ratio"],
                 time_table,
             ),
             "peak memory per rank (MiB above the resident set at the call's start)": (
                 ["rank", "local shard", "full model", "update peak", "sfpo peak", "extra", "extra / shard"],
-                mem_table,
+                memory_table(memory)[0],
             ),
         },
         "notes": [
@@ -228,29 +217,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "time (process_time of both ranks) is less disturbed by other jobs on a shared machine than wall.",
         ],
         "config": {
-            "hidden_size": hidden,
+            "hidden_size": args.hidden_size,
             "num_layers": args.num_layers,
             "rows": rows,
-            "prompt_width": prompt_width,
-            "response_width": response_width,
+            "prompt_width": widths[0],
+            "response_width": widths[1],
             "K": k,
-            "alpha": alpha,
-            "actor": config,
+            "alpha": args.alpha,
+            "actor": actor_config(rows),
         },
-        "timing": {
-            "sfpo_wall_s": sfpo_wall,
-            "plain_wall_s": plain_wall,
-            "sfpo_cpu_s": sfpo_cpu,
-            "plain_cpu_s": plain_cpu,
-            "sfpo_only_ops_wall_s": ops_wall,
-        },
+        "timing": t,
         "memory": memory,
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = args.rows or (16 if args.quick else 64)
+    repeats = args.repeats or (3 if args.quick else 5)
+    widths = (16, 48) if args.quick else (32, 96)  # prompt, response
+    check_rows(rows, WORLD)
+    timing, memory = measure(args, rows, repeats, widths)
+    return report(args, rows, widths, timing, memory)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

@@ -14,14 +14,16 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sfpo_rl.algorithms.advantages import compute_advantage
 from sfpo_rl.algorithms.logprob import entropy_from_logits, log_probs_from_logits
 from sfpo_rl.algorithms.policy_loss import LossInputs, get_policy_loss
+from sfpo_rl.bench.rollout_batches import left_padded
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.config import RunConfig
 from sfpo_rl.trainer.metrics import timed
@@ -39,16 +41,6 @@ def compose(overrides: list[str]) -> RunConfig:
         return to_run_config(
             hydra_compose("config", overrides=["trainer.experiment_name=single_process", *overrides])
         )
-
-
-def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    return ids, mask
 
 
 def response_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -71,20 +63,32 @@ def forward(model, batch: Batch, temperature: float) -> tuple[torch.Tensor, torc
     return log_probs_from_logits(logits, batch["responses"]), entropy_from_logits(logits)
 
 
-def train(config: RunConfig, run_dir: Path) -> None:
+@dataclass
+class Baseline:
+    """What the single process holds: the model and its optimizer, the data, the reward scorer."""
+
+    config: RunConfig
+    model: Any
+    tokenizer: Any
+    loader: Any
+    scorer: Any
+    optimizer: torch.optim.Optimizer
+    policy_loss: Any
+
+
+def setup(config: RunConfig) -> Baseline:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sfpo_rl.rewards.scoring import RewardScorer, token_level_scores
+    from sfpo_rl.rewards.scoring import RewardScorer
     from sfpo_rl.trainer.setup import build_data, resolve_model_and_data
 
     model_path, train_files, val_files = resolve_model_and_data(config)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     loader, _ = build_data(config, tokenizer, train_files, val_files)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    scorer = RewardScorer(
-        replace(config.reward, timeout_mode="signal")
-    )  # verifiers inline: no child processes
-    actor, rollout = config.actor, config.rollout
+    # Verifiers inline: no child processes.
+    scorer = RewardScorer(replace(config.reward, timeout_mode="signal"))
+    actor = config.actor
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=actor.optimizer.lr,
@@ -92,75 +96,112 @@ def train(config: RunConfig, run_dir: Path) -> None:
         eps=actor.optimizer.eps,
         weight_decay=actor.optimizer.weight_decay,
     )
-    policy_loss = get_policy_loss(actor.loss.policy_loss)
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    return Baseline(config, model, tokenizer, loader, scorer, optimizer, get_policy_loss(actor.loss.policy_loss))
+
+
+@torch.no_grad()
+def generate(b: Baseline, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> torch.Tensor:
+    """Prompts and their sampled responses, n per prompt: `generate` with the KV cache."""
+    rollout, tokenizer = b.config.rollout, b.tokenizer
+    torch.manual_seed(b.config.trainer.seed * 1_000_003 + step)
+    return b.model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        do_sample=True,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=0,
+        max_new_tokens=rollout.max_response_length,
+        num_return_sequences=rollout.n,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def rollouts(b: Baseline, prompts: Batch, prompt_mask: torch.Tensor, out: torch.Tensor, step: int) -> Batch:
+    """`generate`'s output in the trainer's batch layout."""
+    n = b.config.rollout.n
+    responses = out[:, prompt_mask.shape[1] :]
+    mask = response_mask(responses, b.tokenizer.eos_token_id)
+    batch = prompts.repeat_interleave(n)
+    batch["uid"] = [f"{step}-{i // n}" for i in range(len(batch))]
+    batch["responses"], batch["response_mask"] = responses, mask
+    batch["input_ids"] = out
+    batch["attention_mask"] = torch.cat([prompt_mask.repeat_interleave(n, 0), mask], dim=1)
+    return batch
+
+
+def reward(b: Baseline, batch: Batch) -> torch.Tensor:
+    """Token-level scores of the responses, the verifiers run inline."""
+    from sfpo_rl.rewards.scoring import token_level_scores
+
+    mask = batch["response_mask"]
+    texts = b.tokenizer.batch_decode(
+        [r[m.bool()] for r, m in zip(batch["responses"], mask)], skip_special_tokens=True
+    )
+    outcomes = b.scorer.score(texts, batch["ground_truth"], batch["data_source"], batch["extra_info"])
+    return token_level_scores([o.score for o in outcomes], mask)
+
+
+@torch.no_grad()
+def old_log_probs(b: Baseline, batch: Batch) -> torch.Tensor:
+    minis = batch.split_by_size(b.config.actor.batching.ppo_mini_batch_size)
+    return torch.cat([forward(b.model, mini, b.config.rollout.temperature)[0] for mini in minis])
+
+
+def update(b: Baseline, batch: Batch) -> None:
+    """One pass of PPO-clip mini-batch updates with the entropy bonus and gradient clipping, as the actor."""
+    actor = b.config.actor
+    for mini in batch.split_by_size(actor.batching.ppo_mini_batch_size):
+        log_probs, entropy = forward(b.model, mini, b.config.rollout.temperature)
+        inputs = LossInputs(
+            log_probs,
+            mini["old_log_probs"],
+            mini["advantages"],
+            mini["response_mask"],
+            clip_ratio_low=actor.loss.clip_ratio_low,
+            clip_ratio_high=actor.loss.clip_ratio_high,
+            loss_agg_mode=actor.loss.loss_agg_mode,
+        )
+        loss = b.policy_loss(inputs)[0] - actor.loss.entropy_coeff * inputs.aggregate(entropy)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(b.model.parameters(), actor.optimizer.grad_clip or float("inf"))
+        b.optimizer.step()
+        b.optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(b: Baseline, step: int) -> dict[str, Any]:
+    """One GRPO step; its metrics row, with the trainer's timing keys."""
+    t: dict[str, float] = {}
+    start = time.perf_counter()
+    prompts = b.loader.next_batch()
+    prompt_ids, prompt_mask = left_padded(list(prompts["prompt_token_ids"]), b.tokenizer.pad_token_id)
+    with timed(t, "generate"):
+        out = generate(b, prompt_ids, prompt_mask, step)
+    batch = rollouts(b, prompts, prompt_mask, out, step)
+    mask = batch["response_mask"]
+    with timed(t, "reward"):
+        scores = reward(b, batch)
+    with timed(t, "old_log_prob"):
+        batch["old_log_probs"] = old_log_probs(b, batch)
+    with timed(t, "advantage"):
+        advantages, _ = compute_advantage("grpo", scores * mask, mask, batch["uid"])
+    batch["advantages"] = advantages
+    with timed(t, "update"):
+        update(b, batch)
+    t["timing/step"] = time.perf_counter() - start
+    return {"step": step, **t, "reward/mean": float(scores.sum(-1).mean())}
+
+
+def train(config: RunConfig, run_dir: Path) -> None:
+    baseline = setup(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = open(run_dir / "metrics.jsonl", "w")
-    for step in range(1, config.trainer.total_steps + 1):
-        t: dict[str, float] = {}
-        start = time.perf_counter()
-        prompts = loader.next_batch()
-        prompt_ids, prompt_mask = left_padded(list(prompts["prompt_token_ids"]), pad_id)
-        with timed(t, "generate"), torch.no_grad():
-            torch.manual_seed(config.trainer.seed * 1_000_003 + step)
-            out = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                do_sample=True,
-                temperature=rollout.temperature,
-                top_p=rollout.top_p,
-                top_k=0,
-                max_new_tokens=rollout.max_response_length,
-                num_return_sequences=rollout.n,
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-            )
-        responses = out[:, prompt_ids.shape[1] :]
-        mask = response_mask(responses, eos_id)
-        batch = prompts.repeat_interleave(rollout.n)
-        batch["uid"] = [f"{step}-{i // rollout.n}" for i in range(len(batch))]
-        batch["responses"], batch["response_mask"] = responses, mask
-        batch["input_ids"] = out
-        batch["attention_mask"] = torch.cat([prompt_mask.repeat_interleave(rollout.n, 0), mask], dim=1)
-        with timed(t, "reward"):
-            texts = tokenizer.batch_decode(
-                [r[m.bool()] for r, m in zip(responses, mask)], skip_special_tokens=True
-            )
-            outcomes = scorer.score(texts, batch["ground_truth"], batch["data_source"], batch["extra_info"])
-            scores = token_level_scores([o.score for o in outcomes], mask)
-        with timed(t, "old_log_prob"), torch.no_grad():
-            old_log_probs = torch.cat(
-                [
-                    forward(model, b, rollout.temperature)[0]
-                    for b in batch.split_by_size(actor.batching.ppo_mini_batch_size)
-                ]
-            )
-        with timed(t, "advantage"):
-            advantages, _ = compute_advantage("grpo", scores * mask, mask, batch["uid"])
-        batch["old_log_probs"], batch["advantages"] = old_log_probs, advantages
-        with timed(t, "update"):
-            for mini in batch.split_by_size(actor.batching.ppo_mini_batch_size):
-                log_probs, entropy = forward(model, mini, rollout.temperature)
-                inputs = LossInputs(
-                    log_probs,
-                    mini["old_log_probs"],
-                    mini["advantages"],
-                    mini["response_mask"],
-                    clip_ratio_low=actor.loss.clip_ratio_low,
-                    clip_ratio_high=actor.loss.clip_ratio_high,
-                    loss_agg_mode=actor.loss.loss_agg_mode,
-                )
-                loss = policy_loss(inputs)[0] - actor.loss.entropy_coeff * inputs.aggregate(entropy)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), actor.optimizer.grad_clip or float("inf"))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        t["timing/step"] = time.perf_counter() - start
-        row = {"step": step, **t, "reward/mean": float(scores.sum(-1).mean())}
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
-        print(f"[single_process] step {step}: {t['timing/step']:.2f} s", flush=True)
-    metrics_file.close()
+    with open(run_dir / "metrics.jsonl", "w") as metrics_file:
+        for step in range(1, config.trainer.total_steps + 1):
+            row = train_step(baseline, step)
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            print(f"[single_process] step {step}: {row['timing/step']:.2f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

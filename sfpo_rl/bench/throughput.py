@@ -11,16 +11,14 @@ with, and their sum is the peak the update could reach.
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from sfpo_rl.bench.common import bench_main, median, row
 from sfpo_rl.bench.flops import DecoderShape, matmul_peak_flops, update_flops
-from sfpo_rl.bench.ranks import run_ranks
-from sfpo_rl.bench.workload import actor_config, make_model, prepared_actor, synthetic_rollouts, timed
+from sfpo_rl.bench.ranks import run_ranks, slower_rank
+from sfpo_rl.bench.workload import actor_config, prepared_actor, scratch_model, synthetic_rollouts, timed
 
 NAME = "throughput"
 WORLD = 2
@@ -45,23 +43,24 @@ def _job(rank: int, model_dir: str, batch, config: dict, repeats: int, matmul_si
     return {"update_s": update_s, "peak_flops": peak}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, rows: int, repeats: int) -> tuple[Any, dict, list[dict]]:
+    """The model's config, the batch, and per rank its timed updates and matmul peak."""
     from transformers import AutoConfig
 
-    rows = args.rows or (16 if args.quick else 64)
-    repeats = args.repeats or (3 if args.quick else 5)
     prompt_width, response_width = (16, 48) if args.quick else (32, 96)
-    config = actor_config(rows)
-    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
-        model_dir = make_model(Path(tmp) / "model", args.hidden_size, args.num_layers)
+    with scratch_model(args.hidden_size, args.num_layers) as model_dir:
         hf = AutoConfig.from_pretrained(model_dir)
         batch = synthetic_rollouts(hf.vocab_size, hf.pad_token_id, rows, prompt_width, response_width)
+        config = actor_config(rows)
         ranks = run_ranks(_job, str(model_dir), batch, config, repeats, args.matmul_size, world_size=WORLD)
+    return hf, batch, ranks
 
+
+def report(args: argparse.Namespace, rows: int, hf: Any, batch, ranks: list[dict]) -> dict[str, Any]:
     seq_lens = batch["attention_mask"].sum(-1).tolist()
     response_lens = batch["response_mask"].sum(-1).tolist()
     flops = update_flops(DecoderShape.from_hf_config(hf), seq_lens, response_lens)
-    update_s = [max(r["update_s"][i] for r in ranks) for i in range(repeats)]
+    update_s = slower_rank([r["update_s"] for r in ranks])
     seconds = median(update_s)
     tokens = sum(seq_lens)
     achieved = flops["total"] / seconds
@@ -89,14 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tables": {
             "model FLOPs of one update (GFLOP)": (
                 ["dense", "LM head", "attention", "total"],
-                [
-                    [
-                        flops["dense"] / 1e9,
-                        flops["lm_head"] / 1e9,
-                        flops["attention"] / 1e9,
-                        flops["total"] / 1e9,
-                    ]
-                ],
+                [[flops[k] / 1e9 for k in ("dense", "lm_head", "attention", "total")]],
             ),
             "update wall time per repeat (s, slower rank)": (
                 ["repeat", "seconds"],
@@ -113,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "hidden_size": args.hidden_size,
             "num_layers": args.num_layers,
             "rows": rows,
-            "actor": config,
+            "actor": actor_config(rows),
         },
         "flops": flops,
         "update_s": update_s,
@@ -122,9 +114,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = args.rows or (16 if args.quick else 64)
+    repeats = args.repeats or (3 if args.quick else 5)
+    hf, batch, ranks = measure(args, rows, repeats)
+    return report(args, rows, hf, batch, ranks)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

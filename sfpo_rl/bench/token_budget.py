@@ -17,7 +17,7 @@ freed memory at once, as in sfpo_overhead).
 from __future__ import annotations
 
 import argparse
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,14 @@ from sfpo_rl.algorithms.micro_batches import (
     row_lengths,
 )
 from sfpo_rl.bench.common import bench_main, median, row
-from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV, run_ranks
+from sfpo_rl.bench.memory import MIB, peak_rss_above_start
+from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV, run_ranks, slower_rank
 from sfpo_rl.bench.rollout_batches import long_tailed_rollouts
-from sfpo_rl.bench.sfpo_overhead import peak_rss_above_start
-from sfpo_rl.bench.workload import actor_config, make_model, sectioned, timed
+from sfpo_rl.bench.workload import actor_config, check_rows, scratch_model, sectioned, timed
 from sfpo_rl.protocol import Batch
 
 NAME = "token_budget"
 WORLD = 2
-MIB = 2**20
 VARIANTS = ("fixed count", "token budget, reduce every micro-batch", "token budget")
 
 
@@ -117,35 +116,40 @@ def _memory_job(rank: int, model_dir: str, batch: Batch, configs: dict) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Workload:
+    model_dir: str
+    rows: int
+    median_response: int
+    batch: Batch
+    budget: int  # tokens per micro-batch
+    fixed_rows: int  # rows per micro-batch of the fixed-count variant
+    configs: dict[str, dict[str, Any]]
+
+
+def setup(args: argparse.Namespace, model_dir: Path) -> Workload:
+    """The long-tailed batch for this model and each variant's actor config."""
     from transformers import AutoConfig
 
     rows = args.rows or (48 if args.quick else 96)
+    check_rows(rows, WORLD)
     median_response = args.median_response or (32 if args.quick else 64)
     prompt_range = (8, 24) if args.quick else (16, 48)
-    repeats = args.repeats or (3 if args.quick else 5)
-    if rows % (2 * WORLD):
-        raise ValueError(f"--rows must be a multiple of {2 * WORLD} (two mini-batches split over 2 ranks)")
-    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
-        model_dir = make_model(Path(tmp) / "model", args.hidden_size, args.num_layers)
-        hf = AutoConfig.from_pretrained(model_dir)
-        batch = long_tailed_rollouts(hf.vocab_size, hf.pad_token_id, rows, prompt_range, median_response)
-        widest = batch["input_ids"].shape[1]  # the longest prompt + the longest response
-        budget = args.max_tokens or 2 * widest
-        fixed_rows = max(1, budget // widest)
-        configs = variant_configs(rows, budget, fixed_rows)
-        timing = run_ranks(_time_job, str(model_dir), batch, configs, repeats, world_size=WORLD)
-        memory = run_ranks(
-            _memory_job, str(model_dir), batch, configs, world_size=WORLD, env=EAGER_FREE_MALLOC_ENV
-        )
+    hf = AutoConfig.from_pretrained(model_dir)
+    batch = long_tailed_rollouts(hf.vocab_size, hf.pad_token_id, rows, prompt_range, median_response)
+    widest = batch["input_ids"].shape[1]  # the longest prompt + the longest response
+    budget = args.max_tokens or 2 * widest
+    fixed_rows = max(1, budget // widest)
+    configs = variant_configs(rows, budget, fixed_rows)
+    return Workload(str(model_dir), rows, median_response, batch, budget, fixed_rows, configs)
 
-    real = int(batch["attention_mask"].sum())
-    response_lens = sorted(batch["response_mask"].sum(-1).tolist())
-    table, by_name = [], {}
+
+def per_variant(w: Workload, timing: list[dict], memory: list[dict]) -> dict[str, dict[str, Any]]:
+    real = int(w.batch["attention_mask"].sum())
+    by_name = {}
     for name in VARIANTS:
-        wall = [max(r[name][i] for r in timing) for i in range(repeats)]
-        computed, micro_batches = computed_tokens(batch, configs[name])
-        peak = max(m[name] for m in memory)
+        wall = slower_rank([r[name] for r in timing])
+        computed, micro_batches = computed_tokens(w.batch, w.configs[name])
         by_name[name] = {
             "wall_s": wall,
             "tokens_per_s": real / median(wall),
@@ -153,45 +157,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "micro_batches": micro_batches,
             "peak_bytes_per_rank": [m[name] for m in memory],
         }
-        table.append([name, micro_batches, computed / real, real / median(wall), peak / MIB])
+    return by_name
+
+
+def summary_rows(w: Workload, by_name: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    real = int(w.batch["attention_mask"].sum())
+    response_lens = sorted(w.batch["response_mask"].sum(-1).tolist())
     fixed, tokens = by_name["fixed count"], by_name["token budget"]
     reduce_each = by_name["token budget, reduce every micro-batch"]
     # Per-round ratios: the variants ran in the same round, so load on the machine hits them alike.
     ratios = [f / t for f, t in zip(fixed["wall_s"], tokens["wall_s"])]
     no_sync_ratios = [r / t for r, t in zip(reduce_each["wall_s"], tokens["wall_s"])]
+    repeats = len(ratios)
     workload = (
-        f"{rows} rollouts, {real} tokens; responses median {response_lens[len(response_lens) // 2]}, "
-        f"max {response_lens[-1]}; budget {budget} tokens = {fixed_rows} rows of the widest"
+        f"{w.rows} rollouts, {real} tokens; responses median {response_lens[len(response_lens) // 2]}, "
+        f"max {response_lens[-1]}; budget {w.budget} tokens = {w.fixed_rows} rows of the widest"
     )
+    return [
+        row(
+            "token budget / fixed count, update tokens/s",
+            median(ratios),
+            "x",
+            f"median of {repeats} rounds spanning {min(ratios):.2f}-{max(ratios):.2f}; {workload}",
+        ),
+        row(
+            "one reduce-scatter per mini-batch / one per micro-batch, update tokens/s",
+            median(no_sync_ratios),
+            "x",
+            f"token budget both; {repeats} rounds spanning {min(no_sync_ratios):.2f}-{max(no_sync_ratios):.2f}",
+        ),
+        row("update tokens/s, token budget", tokens["tokens_per_s"], "tokens/s", "the default"),
+        row("update tokens/s, fixed count", fixed["tokens_per_s"], "tokens/s", f"{w.fixed_rows} rows"),
+        row(
+            "forward tokens computed / real tokens",
+            tokens["computed_tokens"] / real,
+            "x",
+            f"token budget; fixed count {fixed['computed_tokens'] / real:.2f}x",
+        ),
+        row(
+            "peak memory per rank, token budget / fixed count",
+            max(tokens["peak_bytes_per_rank"]) / max(fixed["peak_bytes_per_rank"]),
+            "x",
+            "resident memory above the update's start, larger rank",
+        ),
+    ]
+
+
+def report(args: argparse.Namespace, w: Workload, timing: list[dict], memory: list[dict]) -> dict[str, Any]:
+    real = int(w.batch["attention_mask"].sum())
+    by_name = per_variant(w, timing, memory)
+    table = [
+        [
+            name,
+            v["micro_batches"],
+            v["computed_tokens"] / real,
+            v["tokens_per_s"],
+            max(v["peak_bytes_per_rank"]) / MIB,
+        ]
+        for name, v in by_name.items()
+    ]
     return {
-        "rows": [
-            row(
-                "token budget / fixed count, update tokens/s",
-                median(ratios),
-                "x",
-                f"median of {repeats} rounds spanning {min(ratios):.2f}-{max(ratios):.2f}; {workload}",
-            ),
-            row(
-                "one reduce-scatter per mini-batch / one per micro-batch, update tokens/s",
-                median(no_sync_ratios),
-                "x",
-                f"token budget both; {repeats} rounds spanning {min(no_sync_ratios):.2f}-{max(no_sync_ratios):.2f}",
-            ),
-            row("update tokens/s, token budget", tokens["tokens_per_s"], "tokens/s", "the default"),
-            row("update tokens/s, fixed count", fixed["tokens_per_s"], "tokens/s", f"{fixed_rows} rows"),
-            row(
-                "forward tokens computed / real tokens",
-                tokens["computed_tokens"] / real,
-                "x",
-                f"token budget; fixed count {fixed['computed_tokens'] / real:.2f}x",
-            ),
-            row(
-                "peak memory per rank, token budget / fixed count",
-                max(tokens["peak_bytes_per_rank"]) / max(fixed["peak_bytes_per_rank"]),
-                "x",
-                "resident memory above the update's start, larger rank",
-            ),
-        ],
+        "rows": summary_rows(w, by_name),
         "tables": {
             "one update per variant": (
                 ["variant", "micro-batches", "computed / real tokens", "tokens/s", "peak MiB / rank"],
@@ -208,20 +234,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {
             "hidden_size": args.hidden_size,
             "num_layers": args.num_layers,
-            "rows": rows,
-            "median_response": median_response,
-            "max_tokens_per_micro_batch": budget,
-            "fixed_rows": fixed_rows,
-            "actors": configs,
+            "rows": w.rows,
+            "median_response": w.median_response,
+            "max_tokens_per_micro_batch": w.budget,
+            "fixed_rows": w.fixed_rows,
+            "actors": w.configs,
         },
         "variants": by_name,
-        "response_lengths": response_lens,
+        "response_lengths": sorted(w.batch["response_mask"].sum(-1).tolist()),
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    repeats = args.repeats or (3 if args.quick else 5)
+    with scratch_model(args.hidden_size, args.num_layers) as model_dir:
+        w = setup(args, model_dir)
+        timing = run_ranks(_time_job, w.model_dir, w.batch, w.configs, repeats, world_size=WORLD)
+        memory = run_ranks(
+            _memory_job, w.model_dir, w.batch, w.configs, world_size=WORLD, env=EAGER_FREE_MALLOC_ENV
+        )
+    return report(args, w, timing, memory)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

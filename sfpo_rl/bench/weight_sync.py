@@ -21,19 +21,18 @@ one_box and step_time benchmarks wrote under the same --out.
 from __future__ import annotations
 
 import argparse
-import re
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sfpo_rl.bench.common import bench_main, median, row
-from sfpo_rl.bench.workload import make_model
+from sfpo_rl.bench.groups import colocated_groups, split_groups, start_ray
+from sfpo_rl.bench.memory import PeakMemory
+from sfpo_rl.bench.trainer_runs import step_share
+from sfpo_rl.bench.workload import parse_size, sized_model
 
 NAME = "weight_sync"
-MIB = 2**20
-ROLLOUT = dict(max_prompt_length=32, max_response_length=32, dtype="float32", kv_cache_gib=0.25)
 PATHS = ("colocated", "split, streamed", "split, full state dict")
 
 
@@ -52,80 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="trainer metrics.jsonl files for the share of a step; default <out>/{one_box,step_time}/*/metrics.jsonl",
     )
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1024x8' -> (1024, 8)."""
-    width, sep, layers = text.strip().partition("x")
-    if not (sep and width.isdigit() and layers.isdigit()):
-        raise ValueError(f"--size: {text!r} is not WIDTHxLAYERS (e.g. 1024x8)")
-    return int(width), int(layers)
-
-
-def model_layout(model_dir: Path) -> dict[str, float]:
-    """Parameters, float32 MB and the largest layer's MB (a decoder layer, or a weight outside them)."""
-    from safetensors import safe_open
-
-    layers: dict[str, int] = {}
-    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        for name in f.keys():
-            numel = 1
-            for dim in f.get_slice(name).get_shape():
-                numel *= dim
-            match = re.match(r"model\.layers\.\d+\.", name)
-            layers[match.group(0) if match else name] = (
-                layers.get(match.group(0) if match else name, 0) + numel
-            )
-    params = sum(layers.values())
-    return {"params": params, "mb": 4 * params / MIB, "layer_mb": 4 * max(layers.values()) / MIB}
-
-
-def step_share(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Median over training steps (the first left out when there are more) of sync time, step time, their
-    ratio and the engine's load statistics."""
-    steps = [r for r in rows if "timing/sync" in r and "timing/step" in r]
-    if not steps:
-        raise ValueError("no training steps with timing/sync and timing/step in the metrics")
-    if len(steps) > 1:
-        steps = steps[1:]
-    return {
-        "sync_s": median([r["timing/sync"] for r in steps]),
-        "step_s": median([r["timing/step"] for r in steps]),
-        "fraction": median([r["timing/sync"] / r["timing/step"] for r in steps]),
-        "mb": median([r["sync/load_weights_mb"] for r in steps]),
-        "load_s": median([r["sync/load_weights_s"] for r in steps]),
-    }
-
-
-class PeakMemory:
-    """Per process (label -> pid): RSS before a block and the high-water mark RSS during it, in MB."""
-
-    def __init__(self, pids: dict[str, int]):
-        self.pids = pids
-        self.before: dict[str, float] = {}
-        self.result: dict[str, dict[str, float]] = {}
-
-    def __enter__(self) -> PeakMemory:
-        for label, pid in self.pids.items():
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.before[label] = _status_mb(pid, "VmRSS")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for label, pid in self.pids.items():
-            peak = _status_mb(pid, "VmHWM")
-            self.result[label] = {
-                "rss_mb": self.before[label],
-                "peak_mb": peak,
-                "extra_mb": peak - self.before[label],
-            }
-
-
-def _status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/{pid}/status has no {field}")
 
 
 def timed_sync(sync: Callable[[], Any], pids: dict[str, int]) -> dict[str, Any]:
@@ -149,21 +74,8 @@ def process_labels(groups) -> dict[str, int]:
 
 def measure(model_dir: Path, bucket_mb: float, repeats: int) -> dict[str, list[dict[str, Any]]]:
     """Repeated syncs on each path (after one warm-up sync per setup)."""
-    from sfpo_rl.bench.full_state import FullStateActorWorker, FullStateRolloutWorker
-    from sfpo_rl.controller import RayWorkerGroup, ResourcePool
-    from sfpo_rl.trainer.worker_groups import WorkerGroups
-    from sfpo_rl.workers.actor_worker import ActorWorker
-    from sfpo_rl.workers.colocated import ColocatedRolloutWorker
-
-    rollout_cfg = {**ROLLOUT, "sync_bucket_mb": bucket_mb}
     runs: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
-
-    roles = {
-        "actor": (ActorWorker, (str(model_dir), {})),
-        "rollout": (ColocatedRolloutWorker, (str(model_dir), rollout_cfg)),
-    }
-    hosted = RayWorkerGroup.colocated(ResourcePool([2], name="bench-colocated"), roles)
-    groups = WorkerGroups(**hosted, reward=None, colocated=True, sync_bucket_mb=bucket_mb)
+    groups = colocated_groups(model_dir, bucket_mb)
     try:
         pids = process_labels(groups)
         groups.sync_weights()  # warm-up
@@ -171,20 +83,7 @@ def measure(model_dir: Path, bucket_mb: float, repeats: int) -> dict[str, list[d
     finally:
         groups.shutdown()
 
-    groups = WorkerGroups(
-        actor=RayWorkerGroup(
-            ResourcePool([2], name="bench-actor"), FullStateActorWorker, "actor", str(model_dir), {}
-        ),
-        rollout=RayWorkerGroup(
-            ResourcePool([1], name="bench-rollout"),
-            FullStateRolloutWorker,
-            "rollout",
-            str(model_dir),
-            rollout_cfg,
-        ),
-        reward=None,
-        sync_bucket_mb=bucket_mb,
-    )
+    groups = split_groups(model_dir, bucket_mb)
 
     def full_state_dict() -> None:
         weights = groups.actor.state_dict_for_rollout.future()
@@ -215,26 +114,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sfpo_rl.controller import init_ray
-    from sfpo_rl.trainer.tracking import read_jsonl
-
-    width, layers = parse_size(args.size)
-    repeats = args.repeats or (2 if args.quick else 5)
-    init_ray(num_cpus=8, env_vars={"VLLM_LOGGING_LEVEL": "ERROR"})
-    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
-        model_dir = make_model(Path(tmp) / "model", width, layers)
-        layout = model_layout(model_dir)
-        print(
-            f"[bench] weight_sync: {layout['params'] / 1e6:.0f}M parameters ({layout['mb']:.0f} MB float32), "
-            f"largest layer {layout['layer_mb']:.0f} MB, buckets of {args.bucket_mb:g} MB, {repeats} repeats",
-            flush=True,
-        )
-        runs = measure(model_dir, args.bucket_mb, repeats)
-    results = {path: summarize(r) for path, r in runs.items()}
-    unit = args.bucket_mb + layout["layer_mb"]  # one bucket plus one layer
+def sync_tables(results: dict[str, Any], layout: dict[str, float], unit: float) -> tuple[list, list, list]:
+    """Per path its speed and worst process; per path and process its memory; a summary row per path."""
     full_s = results["split, full state dict"]["s"]
-
     sync_rows, memory_rows, summary = [], [], []
     for path, result in results.items():
         worst = max(m["extra_mb"] for m in result["memory"].values())
@@ -254,6 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"= {worst / layout['mb']:.2f} x the model",
             )
         )
+    return sync_rows, memory_rows, summary
+
+
+def trainer_shares(args: argparse.Namespace) -> tuple[list[list[Any]], dict[str, dict[str, Any]]]:
+    """The sync's share of a step in each trainer run that synced: table rows and the figures by run."""
+    from sfpo_rl.trainer.tracking import read_jsonl
 
     metrics = args.metrics
     if metrics is None:
@@ -268,6 +156,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         label = f"{path.parent.parent.name}/{path.parent.name}"
         shares[label] = s = {**step_share(rows), "metrics": str(path)}
         share_rows.append([label, s["mb"], s["sync_s"], s["step_s"], 100 * s["fraction"]])
+    return share_rows, shares
+
+
+def report(
+    args: argparse.Namespace, layout: dict[str, float], repeats: int, runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    width, layers = parse_size(args.size)
+    results = {path: summarize(r) for path, r in runs.items()}
+    unit = args.bucket_mb + layout["layer_mb"]  # one bucket plus one layer
+    sync_rows, memory_rows, summary = sync_tables(results, layout, unit)
+    share_rows, shares = trainer_shares(args)
     tables = {
         f"sync time (median of {repeats}) and speed": (
             ["path", "s", "MB/s", "x full state dict", "worst peak extra MB"],
@@ -300,9 +199,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv=None) -> dict[str, Any]:
-    return bench_main(NAME, __doc__.splitlines()[0], add_arguments, run, argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    repeats = args.repeats or (2 if args.quick else 5)
+    start_ray()
+    with sized_model(args.size) as (model_dir, layout):
+        print(
+            f"[bench] weight_sync: {layout['params'] / 1e6:.0f}M parameters ({layout['mb']:.0f} MB float32), "
+            f"largest layer {layout['layer_mb']:.0f} MB, buckets of {args.bucket_mb:g} MB, {repeats} repeats",
+            flush=True,
+        )
+        runs = measure(model_dir, args.bucket_mb, repeats)
+    return report(args, layout, repeats, runs)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(NAME, __doc__, add_arguments, run)

@@ -1,10 +1,15 @@
-"""The workloads the benchmarks run on: a random tiny Qwen2 of a chosen size, arithmetic prompts like the
-built-in task's, and a synthetic rollout batch with the padded layout the rollout engine produces."""
+"""The workloads the benchmarks run on: a random tiny Qwen2 of a chosen size (and its layout), arithmetic prompts
+like the built-in task's, a synthetic rollout batch with the padded layout the rollout engine produces, and the
+actor that trains on it, one per rank."""
 
 from __future__ import annotations
 
 import random
+import re
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,8 @@ from sfpo_rl.bench.rollout_batches import padded_rollouts
 from sfpo_rl.data import arith
 from sfpo_rl.protocol import Batch
 from sfpo_rl.tiny.model import make_random_tiny_model
+
+MIB = 2**20
 
 
 def arith_prompts(count: int, seed: int = 0) -> list[str]:
@@ -43,6 +50,45 @@ def make_model(out_dir: Path, hidden_size: int, num_layers: int, seed: int = 0) 
     )
 
 
+@contextmanager
+def scratch_model(hidden_size: int, num_layers: int) -> Iterator[Path]:
+    """`make_model` in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="sfpo_bench_") as tmp:
+        yield make_model(Path(tmp) / "model", hidden_size, num_layers)
+
+
+@contextmanager
+def sized_model(size: str) -> Iterator[tuple[Path, dict[str, float]]]:
+    """`scratch_model` of a --size WIDTHxLAYERS, with its layout (see `model_layout`)."""
+    with scratch_model(*parse_size(size)) as model_dir:
+        yield model_dir, model_layout(model_dir)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024x8' -> (1024, 8)."""
+    width, sep, layers = text.strip().partition("x")
+    if not (sep and width.isdigit() and layers.isdigit()):
+        raise ValueError(f"--size: {text!r} is not WIDTHxLAYERS (e.g. 1024x8)")
+    return int(width), int(layers)
+
+
+def model_layout(model_dir: Path) -> dict[str, float]:
+    """Parameters, float32 MB and the largest layer's MB (a decoder layer, or a weight outside them)."""
+    from safetensors import safe_open
+
+    layers: dict[str, int] = {}
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        for name in f.keys():
+            numel = 1
+            for dim in f.get_slice(name).get_shape():
+                numel *= dim
+            match = re.match(r"model\.layers\.\d+\.", name)
+            layer = match.group(0) if match else name
+            layers[layer] = layers.get(layer, 0) + numel
+    params = sum(layers.values())
+    return {"params": params, "mb": 4 * params / MIB, "layer_mb": 4 * max(layers.values()) / MIB}
+
+
 def synthetic_rollouts(
     vocab_size: int, pad_id: int, rows: int, prompt_width: int, response_width: int, seed: int = 0
 ) -> Batch:
@@ -55,6 +101,14 @@ def synthetic_rollouts(
     return padded_rollouts(
         vocab_size, pad_id, prompt_lens.tolist(), response_lens.tolist(), prompt_width, response_width, g
     )
+
+
+def check_rows(rows: int, world_size: int = 2) -> None:
+    """`actor_config(rows)` makes two mini-batches, each split evenly over the ranks."""
+    if rows % (2 * world_size):
+        raise ValueError(
+            f"--rows must be a multiple of {2 * world_size} (two mini-batches split over {world_size} ranks)"
+        )
 
 
 def actor_config(rows: int) -> dict[str, Any]:

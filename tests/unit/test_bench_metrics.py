@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sfpo_rl.bench.step_time import breakdown_table, phase_breakdown
-from sfpo_rl.bench.weight_sync import parse_size, step_share
+from sfpo_rl.bench.step_time import breakdown_table
+from sfpo_rl.bench.trainer_runs import phase_breakdown, step_share
+from sfpo_rl.bench.workload import parse_size
 
 
 def _step(step: int, generate: float, update: float, sync: float, other: float) -> dict:

@@ -8,9 +8,11 @@ import os
 
 import torch
 
-from sfpo_rl.bench.one_box import _training_rows, process_label, targets
-from sfpo_rl.bench.single_process import left_padded, response_mask
-from sfpo_rl.bench.weight_sync import PeakMemory
+from sfpo_rl.bench.memory import PeakMemory
+from sfpo_rl.bench.one_box import process_label, targets
+from sfpo_rl.bench.rollout_batches import left_padded
+from sfpo_rl.bench.single_process import response_mask
+from sfpo_rl.bench.trainer_runs import training_rows
 
 
 def test_response_mask_keeps_tokens_up_to_and_including_the_first_eos():
@@ -27,8 +29,8 @@ def test_a_metrics_line_being_written_is_not_read_and_validation_rows_are_skippe
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": 0, "val/acc": 0.1}, {"step": 1, "timing/step": 2.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 2, "timing/st')
-    assert _training_rows(path) == [rows[1]]
-    assert _training_rows(tmp_path / "missing.jsonl") == []
+    assert training_rows(path) == [rows[1]]
+    assert training_rows(tmp_path / "missing.jsonl") == []
 
 
 def test_targets_compare_colocated_with_the_baseline_and_the_split_run():

@@ -355,7 +355,7 @@ def first_study():
 @pytest.mark.timeout(900)  # 2,000 bootstrap resamples for each of 33 comparisons on two axes
 def test_the_first_study_reproduces_its_report_from_the_committed_curves(first_study):
     """Today's compare.md (as committed at 270e401, before the study became a file) is reproduced line for line;
-    the sections after it are the notes and provenance issue 19 added. The committed report is this output."""
+    the sections after it are the notes and provenance added since. The committed report is this output."""
     _, text = first_study
     assert text.startswith((ROOT / "tests/unit/data/compare_270e401.md").read_text())
     assert text == (ROOT / "results/compare/compare.md").read_text()
