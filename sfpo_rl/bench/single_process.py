@@ -96,7 +96,9 @@ def setup(config: RunConfig) -> Baseline:
         eps=actor.optimizer.eps,
         weight_decay=actor.optimizer.weight_decay,
     )
-    return Baseline(config, model, tokenizer, loader, scorer, optimizer, get_policy_loss(actor.loss.policy_loss))
+    return Baseline(
+        config, model, tokenizer, loader, scorer, optimizer, get_policy_loss(actor.loss.policy_loss)
+    )
 
 
 @torch.no_grad()
