@@ -168,8 +168,13 @@ def test_the_stability_files_implement_the_protocol():
         and rule.divisors == (3, 1)
     )
 
-    with pytest.raises(StudyError, match=r"learning_rates\[0\]: .* placeholder"):
-        load_study(ROOT / "results/stability/study.yaml")
+    stage1 = load_study(ROOT / "results/stability/study.yaml")  # at L*/3 and L*, L* = 3e-4 from the pilot
+    assert [lr.text for lr in stage1.learning_rates] == ["1e-4", "3e-4"] and stage1.steps == 80
+    assert all(a.seeds == 5 for a in stage1.arms) and len(plan(stage1)) == 50
+    sfpo_arms = [a for a in stage1.arms if a.name.startswith("sfpo")]
+    assert len(sfpo_arms) == 3 and all(
+        "algorithm.sfpo.adaptive_switch=false" in a.overrides for a in sfpo_arms
+    )
 
     confirm = load_study(ROOT / "results/stability/confirm.yaml")
     assert [lr.text for lr in confirm.learning_rates] == ["1e-5", "3e-5"] and confirm.steps == 40
