@@ -5,6 +5,12 @@ One spawned 2-rank job (module fixture) runs every distributed computation and s
 compare them with a plain transformers model + AdamW + full-mini-batch loss computed in the test process, and
 the micro-batching paths (token budget, packed forwards, one gradient reduction per mini-batch) with the
 present path (fixed-count micro-batches, a reduction after each).
+
+Each update test compares every optimizer step's gradient and the final parameters (actor_helpers.py says how
+the bounds are derived). Broken by hand once each in FSDPActor._backward_mini_batch, the update is caught by
+every update-equality test here and in tests/faults/test_nonfinite_actor.py: skipping micro-batch 0's backward
+(12 tests fail), counting one response token twice in the loss (12 fail), and a backward without the
+world-size scaling (11 fail).
 """
 
 from __future__ import annotations
