@@ -2,7 +2,7 @@
 summary.json, provenance.jsonl): finished and recorded runs are not trained again, a failed run is reported and
 the others go on, a run stopped for non-finite training is a collapsed result, N run at a time, the report is
 rewritten after every run, and runs of different commits or weights are refused by name. The real trainer runs
-in tests/e2e/test_study_runner.py."""
+in tests/e2e/test_study_job.py."""
 
 from __future__ import annotations
 
