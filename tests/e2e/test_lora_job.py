@@ -18,6 +18,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
 from sfpo_rl.trainer.checkpoint import CheckpointManager
@@ -75,11 +76,18 @@ def test_lora_run_trains_against_its_own_base_and_ships_the_adapter(lora_run, wa
     workers = json.loads((run_dir / "workers.json").read_text())
     assert "ref" not in workers  # the reference policy is the actor itself
 
-    # Checkpoints hold the adapter and its Adam moments, not the base model.
-    shards = sum(
-        p.stat().st_size for p in (run_dir / "checkpoints" / "step_3" / "actor" / "dcp").glob("*.distcp")
-    )
-    assert shards < 0.2 * model_mb * 2**20
+    # Checkpoints hold the adapter and its Adam moments, not the base model: every model entry is an adapter
+    # weight, and the model state, exp_avg and exp_avg_sq are each the adapter's size (what a sync ships).
+    metadata = FileSystemReader(run_dir / "checkpoints" / "step_3" / "actor" / "dcp").read_metadata()
+    tensor_bytes: dict[str, int] = {}
+    for key, entry in metadata.state_dict_metadata.items():
+        if key.startswith("model.") or key.endswith((".exp_avg", ".exp_avg_sq")):
+            assert "lora_" in key, key
+            kind = "model" if key.startswith("model.") else key.rsplit(".", 1)[1]
+            tensor_bytes[kind] = tensor_bytes.get(kind, 0) + entry.size.numel() * 4
+    adapter_bytes = rows[-1]["sync/load_weights_mb"] * 2**20
+    assert tensor_bytes == {"model": adapter_bytes, "exp_avg": adapter_bytes, "exp_avg_sq": adapter_bytes}
+    assert adapter_bytes < 0.2 * model_mb * 2**20
     # The export: a merged HF model, and a PEFT adapter that gives the same logits on the base model.
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "final_model", dtype=torch.float32)
     adapted = PeftModel.from_pretrained(model, run_dir / "final_adapter")
