@@ -1,7 +1,7 @@
 """The default warm-start, shipped in the package: every machine starts the embedded default from the same bytes.
 
-Building the default warm-start takes about 9 minutes on one core, and float kernels differ between CPUs, so
-two machines build slightly different weights. The package therefore carries one build of the default
+Building the default warm-start takes about 9 minutes on one idle core, and float kernels can differ between
+CPUs, so two machines may build slightly different weights. The package therefore carries one build of the default
 (`default_warmstart/`: weights, tokenizer, model config, `warmstart.json`) and a manifest with the sha256 of
 every file of that build. The task's data files are not shipped (5 MB); they are regenerated, which is
 deterministic and takes a second, and checked against the manifest. `ensure_warmstart` installs this copy

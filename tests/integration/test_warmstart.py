@@ -98,7 +98,7 @@ def test_a_shipped_copy_this_code_does_not_reproduce_is_built_here(tmp_path, mon
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(5400)  # SFT: 9 min on an idle core; 41 min (48 in all) at load average 40-50 on 2 cores
+@pytest.mark.timeout(5400)  # SFT 9 min on an idle core, 41 min at load 40-50; comparison 11-15 min at 15-25
 def test_the_build_reproduces_the_shipped_warmstart(tmp_path):
     """The build code still makes the shipped warm-start: the data and the tokenizer bit for bit, the weights
     bit for bit where the float kernels are the same (not on every CPU), and in any case a policy whose
