@@ -59,7 +59,7 @@ def test_build_is_deterministic_and_cached(tmp_path):
 
 def test_the_shipped_copy_serves_the_default_config_only():
     from sfpo_rl.bench.single_process import compose
-    from sfpo_rl.trainer.main import warmstart_config
+    from sfpo_rl.trainer.setup import warmstart_config
 
     assert shipped.serves(warmstart_config(compose([])))  # what `make train` asks for
     assert shipped.serves(WarmStartConfig())
