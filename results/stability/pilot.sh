@@ -21,11 +21,12 @@ one() {  # arm lr overrides...
   .venv/bin/python -m sfpo_rl.trainer.main "trainer.run_dir=$dir" "trainer.logger=[console]" \
     trainer.export_hf=false trainer.total_steps=80 "$@" "actor.lr=$lr" trainer.seed=0 data.seed=0 \
     >>"$dir/train.log" 2>&1
-  echo "[pilot] $(date -u +%H:%M:%S) end $dir exit $?"
+  local rc=$?
+  echo "[pilot] $(date -u +%H:%M:%S) end $dir exit $rc"
 }
 export -f one
 export RUNS
-for arm in "grpo_x8 actor.ppo_epochs=8" "grpo_x4 actor.ppo_epochs=4" "grpo"; do  # longest first
+for arm in "grpo_x8 actor.ppo_epochs=8" "grpo_x4 actor.ppo_epochs=4" "grpo actor.ppo_epochs=1"; do  # longest first; every line ends in an override (xargs -L joins a line ending in a blank to the next)
   for lr in "${LRS[@]}"; do
     read -r name epochs <<<"$arm"
     echo "$name $lr algorithm=grpo $epochs"
