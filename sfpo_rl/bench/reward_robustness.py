@@ -26,7 +26,7 @@ from typing import Any
 
 from sfpo_rl.bench.common import bench_main, median, row
 from sfpo_rl.rewards import RewardScorer, math_score
-from sfpo_rl.rewards.timeout import ERROR, TIMEOUT
+from sfpo_rl.rewards.verifier_pool import ERROR, TIMEOUT
 
 NAME = "reward_robustness"
 

@@ -17,7 +17,7 @@ from sfpo_rl.rewards.scoring import (
     score_responses,
     token_level_scores,
 )
-from sfpo_rl.rewards.timeout import Outcome, VerifierPool, VerifierTimeout, score_with_timeout
+from sfpo_rl.rewards.verifier_pool import Outcome, VerifierPool, VerifierTimeout, score_with_timeout
 from sfpo_rl.rewards.verifiers import arith_score, gsm8k_score, math_score
 
 __all__ = [

@@ -24,7 +24,7 @@ from sfpo_rl.rewards.registry import (
     verifier_name,
 )
 from sfpo_rl.rewards.shaping import OverlongBufferConfig
-from sfpo_rl.rewards.timeout import (
+from sfpo_rl.rewards.verifier_pool import (
     ERROR,
     TIMEOUT,
     Outcome,

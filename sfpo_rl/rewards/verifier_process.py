@@ -14,7 +14,7 @@ def serve(conn: Connection) -> None:
     path, config = conn.recv()
     sys.path[:] = path
     from sfpo_rl.rewards.scoring import VerifierResolver
-    from sfpo_rl.rewards.timeout import READY, score_with_timeout
+    from sfpo_rl.rewards.verifier_pool import READY, score_with_timeout
 
     try:
         resolve = VerifierResolver(config)

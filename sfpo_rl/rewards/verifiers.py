@@ -5,7 +5,7 @@ answer in the expected form but a wrong one: the paper's shaping is 1.0 correct 
 0.0 no boxed answer (`format_score=0.0` gives plain 0/1). A box that holds no answer (empty, `?`, "I do not
 know", see `sfpo_rl.rewards.answer.is_no_answer`) counts as no boxed answer. A missing or empty ground truth
 is an error (the sample scores 0 and is counted), never something an answer can match. math-verify's own
-signal-based time limits are switched off here; the caller bounds each call (see `sfpo_rl.rewards.timeout`),
+signal-based time limits are switched off here; the caller bounds each call (see `sfpo_rl.rewards.verifier_pool`),
 and `sfpo_rl.rewards.math_answer` keeps answers that would need that bound away from the parser.
 """
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from sfpo_rl.data import arith
 from sfpo_rl.tiny.warmstart import INFO_FILE
+from sfpo_rl.utils.console import say
 
 SHIPPED_DIR = Path(__file__).parent / "default_warmstart"
 MANIFEST = "shipped.json"
@@ -57,10 +58,8 @@ def install(out_dir: Path, cfg: Any) -> bool:
     arith.write_arith_dataset(out_dir, cfg.num_train, cfg.num_val, cfg.seed, cfg.levels)
     changed = [name for name, digest in info["files"].items() if sha256(out_dir / name) != digest]
     if changed:
-        print(
-            f"[sfpo_rl] the shipped warm-start does not match this code ({', '.join(changed)} differ): "
-            "building it here instead",
-            flush=True,
+        say(
+            f"the shipped warm-start does not match this code ({', '.join(changed)} differ): building it here instead"
         )
         for path in out_dir.iterdir():
             path.unlink()

@@ -138,11 +138,13 @@ def print_summary(summary: dict[str, Any]) -> None:
 
     files = RunDir(summary["run_dir"])
     switched = summary["sfpo_switched_off_after"]
+    history = summary["val_history"]
+    first = "before" if history and history[0][0] == 0 else f"at step {history[0][0]}" if history else ""
     lines = [
         f"done: {summary['steps']} steps, {summary['rollouts']} rollouts, {summary['train_seconds']:.0f} s of training",
-        f"validation accuracy: {acc('val_acc_first')} before -> {acc('val_acc_last')} after "
+        f"validation accuracy: {acc('val_acc_first')} {first} -> {acc('val_acc_last')} after "
         f"(best {acc('val_acc_best')})"
-        if summary["val_history"]
+        if history
         else "validation: off (trainer.val_every=0 and trainer.val_before_train=false)",
         f"SFPO switched off after step {switched}" if switched is not None else "",
         f"run dir {files.path}: metrics {files.metrics}, summary {files.summary}",

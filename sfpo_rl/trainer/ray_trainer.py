@@ -279,9 +279,7 @@ class RLTrainer:
         for entry in self.config.faults.worker_kill:
             at, role, rank = entry.split(":")
             if int(at) == step:
-                print(
-                    f"[sfpo_rl] step {step}: fault injection: SIGKILL {role} worker rank {rank}", flush=True
-                )
+                say(f"step {step}: fault injection: SIGKILL {role} worker rank {rank}")
                 getattr(self.groups, role).kill_worker(int(rank))
 
     def _count_nonfinite(self, step: int, update: UpdateResult) -> None:

@@ -22,7 +22,7 @@ import torch
 from sfpo_rl.controller import Dispatch, Worker, register
 from sfpo_rl.protocol import Batch
 from sfpo_rl.rewards.scoring import RewardConfig, RewardScorer, token_level_scores
-from sfpo_rl.rewards.timeout import ERROR, TIMEOUT
+from sfpo_rl.rewards.verifier_pool import ERROR, TIMEOUT
 
 REQUIRED = ("responses", "response_mask", "ground_truth", "data_source")
 

@@ -6,41 +6,25 @@ and the final weights bit for bit."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from small_run import THREE_STEPS, assert_same_step, assert_same_weights, finished, train_cmd
 
 from sfpo_rl.trainer.tracking import read_jsonl
 
 pytestmark = pytest.mark.slow  # starts Ray, vLLM and torch.distributed
 
-COLOCATED_RUN = [
-    sys.executable,
-    "-m",
-    "sfpo_rl.trainer.main",
+COLOCATED_RUN = (
     "resources.placement=colocated",
-    "data.train_batch_size=8",
-    "rollout.n=4",
-    "actor.batching.ppo_mini_batch_size=16",
-    "data.val_max_samples=32",
-    "trainer.logger=[console]",
-    "trainer.total_steps=3",
-    "trainer.val_every=3",
-    "trainer.save_every=2",
+    *THREE_STEPS,
     "algorithm.sfpo.inner_steps=2",
     "actor.loss.use_kl_loss=true",
-]
+)
 
 
-def train(run_dir: Path, cache_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [*COLOCATED_RUN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache_dir}", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+def train(run_dir: Path, cache_dir: Path, *overrides: str):
+    return finished(train_cmd(run_dir, cache_dir, *COLOCATED_RUN, *overrides))
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +68,5 @@ def test_a_colocated_run_continued_from_a_checkpoint_matches_the_uninterrupted_r
         read_jsonl(run_dir / "metrics.jsonl")[-1],
     )
     assert resumed["step"] == uninterrupted["step"] == 3
-    deterministic = sorted(k for k in uninterrupted if not k.startswith(("timing/", "perf/", "sync/")))
-    assert len(deterministic) > 30
-    assert {k: resumed[k] for k in deterministic} == {k: uninterrupted[k] for k in deterministic}
-    final = load_file(tmp_path / "final_model" / "model.safetensors")
-    reference = load_file(run_dir / "final_model" / "model.safetensors")
-    assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
+    assert_same_step(resumed, uninterrupted, min_keys=30)
+    assert_same_weights(tmp_path, run_dir)

@@ -6,61 +6,40 @@ uninterrupted run bit for bit although its steps drew extra generation rounds.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from small_run import THREE_STEPS, assert_same_step, assert_same_weights, finished, run, train_cmd
 
 from sfpo_rl.trainer.tracking import read_jsonl
 
 pytestmark = pytest.mark.slow  # starts Ray, vLLM and torch.distributed
 
-TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
-# Small enough for CI on 2 cores: 8 prompts x 4 samples; at the warm-start's accuracy about a third of the
-# groups are all wrong, so most steps need a second generation round.
-SMALL = [
-    "data.train_batch_size=8",
-    "rollout.n=4",
-    "actor.batching.ppo_mini_batch_size=16",
-    "data.val_max_samples=32",
-    "trainer.logger=[console]",
-    "trainer.total_steps=3",
-    "trainer.val_every=3",
-    "trainer.save_every=2",
-]
+# 8 prompts x 4 samples: at the warm-start's accuracy about a third of the groups are all wrong, so most steps
+# need a second generation round.
 SFPO_ON_DAPO = [
     "algorithm=dapo",
     "algorithm.sfpo.enable=true",
     "algorithm.sfpo.inner_steps=2",
     "algorithm.overlong_filter=true",
 ]
+TIMEOUT_S = 1200  # the extra generation rounds
 
 
-def train_cmd(run_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
-    return [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache_dir}", *SMALL, *overrides]
-
-
-def run(cmd: list[str], timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def finished(run_dir: Path, cache: Path, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
-    proc = run(train_cmd(run_dir, cache, *overrides))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return run_dir, proc
+def dapo(run_dir: Path, cache: Path, *overrides: str):
+    return run(train_cmd(run_dir, cache, *THREE_STEPS, *overrides), TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def dapo_run(tmp_path_factory, warmstart_cache):
-    return finished(tmp_path_factory.mktemp("dapo_run"), warmstart_cache, "algorithm=dapo")
+    run_dir = tmp_path_factory.mktemp("dapo_run")
+    return run_dir, finished(train_cmd(run_dir, warmstart_cache, *THREE_STEPS, "algorithm=dapo"), TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def sfpo_dapo_run(tmp_path_factory, warmstart_cache):
-    return finished(tmp_path_factory.mktemp("sfpo_dapo_run"), warmstart_cache, *SFPO_ON_DAPO)
+    run_dir = tmp_path_factory.mktemp("sfpo_dapo_run")
+    return run_dir, finished(train_cmd(run_dir, warmstart_cache, *THREE_STEPS, *SFPO_ON_DAPO), TIMEOUT_S)
 
 
 def test_dapo_trains_on_full_batches_of_groups_that_carry_signal(dapo_run):
@@ -102,11 +81,11 @@ def test_killed_sfpo_on_dapo_run_resumes_bit_exact(tmp_path, warmstart_cache, sf
     """Actor rank 1 is SIGKILLed as step 3 starts (after the step-2 checkpoint): the launch stops naming it.
     Run again, it resumes at step 2 and its step 3 and final weights equal the uninterrupted run's bit for bit:
     the loader position, extra rounds included, came back from the checkpoint."""
-    first = run(train_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO, "faults.worker_kill=[3:actor:1]"))
+    first = dapo(tmp_path, warmstart_cache, *SFPO_ON_DAPO, "faults.worker_kill=[3:actor:1]")
     assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-5000:]
     assert "actor worker rank 1" in first.stderr and "died" in first.stderr
     assert f"the last complete checkpoint is {tmp_path / 'checkpoints' / 'step_2'}" in first.stderr
-    second = run(train_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO))
+    second = dapo(tmp_path, warmstart_cache, *SFPO_ON_DAPO)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     assert f"resumed from {tmp_path / 'checkpoints' / 'step_2'} at step 2" in second.stdout
     rows = read_jsonl(tmp_path / "metrics.jsonl")
@@ -114,10 +93,6 @@ def test_killed_sfpo_on_dapo_run_resumes_bit_exact(tmp_path, warmstart_cache, sf
 
     ref_dir, _ = sfpo_dapo_run
     resumed, uninterrupted = rows[3], read_jsonl(ref_dir / "metrics.jsonl")[3]
-    deterministic = sorted(k for k in uninterrupted if not k.startswith(("timing/", "perf/", "sync/")))
-    assert len(deterministic) > 40 and "sampling/gen_rounds" in deterministic
-    assert {k: resumed[k] for k in deterministic} == {k: uninterrupted[k] for k in deterministic}
+    assert "sampling/gen_rounds" in assert_same_step(resumed, uninterrupted, min_keys=40)
     assert resumed["perf/rollouts"] == uninterrupted["perf/rollouts"]
-    final = load_file(tmp_path / "final_model" / "model.safetensors")
-    reference = load_file(ref_dir / "final_model" / "model.safetensors")
-    assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
+    assert_same_weights(tmp_path, ref_dir)

@@ -7,17 +7,20 @@ uninterrupted run bit for bit. An unknown target module is refused before anythi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from small_run import (
+    THREE_STEPS,
+    assert_same_step,
+    assert_same_weights,
+    finished,
+    kill_after_checkpoint,
+    run,
+    train_cmd,
+)
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
@@ -26,39 +29,23 @@ from sfpo_rl.trainer.tracking import read_jsonl
 
 pytestmark = pytest.mark.slow  # starts Ray, vLLM and torch.distributed
 
-LORA_RUN = [
-    sys.executable,
-    "-m",
-    "sfpo_rl.trainer.main",
+LORA_RUN = (
     "actor.lora.rank=8",
     "actor.optimizer.lr=1e-3",
     "actor.loss.use_kl_loss=true",
-    "data.train_batch_size=8",
-    "rollout.n=4",
-    "actor.batching.ppo_mini_batch_size=16",
-    "data.val_max_samples=32",
-    "trainer.logger=[console]",
-    "trainer.total_steps=3",
-    "trainer.val_every=3",
-    "trainer.save_every=2",
+    *THREE_STEPS,
     "algorithm.sfpo.inner_steps=2",
-]
+)
 
 
 def cmd(run_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
-    return [*LORA_RUN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache_dir}", *overrides]
-
-
-def run(command: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return train_cmd(run_dir, cache_dir, *LORA_RUN, *overrides)
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, warmstart_cache):
     run_dir = tmp_path_factory.mktemp("lora_run")
-    proc = run(cmd(run_dir, warmstart_cache))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return run_dir, proc
+    return run_dir, finished(cmd(run_dir, warmstart_cache))
 
 
 def test_lora_run_trains_against_its_own_base_and_ships_the_adapter(lora_run, warmstart_cache):
@@ -99,31 +86,18 @@ def test_lora_run_trains_against_its_own_base_and_ships_the_adapter(lora_run, wa
 
 def test_killed_lora_run_resumes_and_matches_the_uninterrupted_run(tmp_path, warmstart_cache, lora_run):
     command = cmd(tmp_path, warmstart_cache)
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    checkpoint = tmp_path / "checkpoints" / "step_2" / "trainer_state.json"
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists():
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
-        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_after_checkpoint(command, tmp_path)
     last, _ = CheckpointManager(tmp_path).latest()
 
-    second = run(command)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    second = finished(command)
     assert f"resumed from {last}" in second.stdout
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     ref_dir, _ = lora_run
     resumed, uninterrupted = rows[3], read_jsonl(ref_dir / "metrics.jsonl")[3]
-    deterministic = sorted(k for k in uninterrupted if not k.startswith(("timing/", "perf/", "sync/")))
-    assert len(deterministic) > 30
-    assert {k: resumed[k] for k in deterministic} == {k: uninterrupted[k] for k in deterministic}
+    assert_same_step(resumed, uninterrupted, min_keys=30)
     for name in ("final_model/model.safetensors", "final_adapter/adapter_model.safetensors"):
-        final, reference = load_file(tmp_path / name), load_file(ref_dir / name)
-        assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
+        assert_same_weights(tmp_path, ref_dir, name)
 
 
 def test_an_unknown_target_module_exits_2_before_anything_starts(tmp_path):

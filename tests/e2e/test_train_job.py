@@ -5,16 +5,18 @@ resume that continues from the last checkpoint without losing or repeating a ste
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from small_run import (
+    THREE_STEPS,
+    TRAIN,
+    assert_same_step,
+    assert_same_weights,
+    finished,
+    kill_after_checkpoint,
+    run,
+    train_cmd,
+)
 from transformers import AutoModelForCausalLM
 
 from sfpo_rl.trainer.checkpoint import CheckpointManager
@@ -22,40 +24,14 @@ from sfpo_rl.trainer.tracking import read_jsonl
 
 pytestmark = pytest.mark.slow  # starts Ray, vLLM and torch.distributed
 
-TRAIN = [sys.executable, "-m", "sfpo_rl.trainer.main"]
-# Small enough for CI on 2 cores; the shapes of the default run otherwise.
-SMALL = [
-    "data.train_batch_size=8",
-    "rollout.n=4",
-    "actor.batching.ppo_mini_batch_size=16",
-    "data.val_max_samples=32",
-    "trainer.logger=[console]",
-]
-
-
-def train_cmd(run_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
-    return [*TRAIN, f"trainer.run_dir={run_dir}", f"model.cache_dir={cache_dir}", *SMALL, *overrides]
-
-
-def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
 # The run both the plain test and the resume test use: SFPO (K=2), validation at start and end, checkpoints at 2, 3.
-SFPO_RUN = (
-    "trainer.total_steps=3",
-    "trainer.val_every=3",
-    "trainer.save_every=2",
-    "algorithm.sfpo.inner_steps=2",
-)
+SFPO_RUN = (*THREE_STEPS, "algorithm.sfpo.inner_steps=2")
 
 
 @pytest.fixture(scope="module")
 def sfpo_run(tmp_path_factory, warmstart_cache):
     run_dir = tmp_path_factory.mktemp("sfpo_run")
-    proc = run(train_cmd(run_dir, warmstart_cache, *SFPO_RUN))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return run_dir, proc
+    return run_dir, finished(train_cmd(run_dir, warmstart_cache, *SFPO_RUN))
 
 
 def test_sfpo_run_trains_validates_checkpoints_and_exports(sfpo_run):
@@ -101,7 +77,7 @@ def test_console_carries_no_third_party_noise(sfpo_run):
 def test_the_default_recipe_lifts_validation_accuracy(tmp_path, warmstart_cache):
     """The embedded default (SFPO at its defaults on the built-in task and warm-start), shortened to 8 steps and
     validated on 256 held-out problems (about +-2.5 points standard error): accuracy must rise clearly."""
-    proc = run(
+    proc = finished(
         [
             *TRAIN,
             f"trainer.run_dir={tmp_path / 'run'}",
@@ -114,7 +90,6 @@ def test_the_default_recipe_lifts_validation_accuracy(tmp_path, warmstart_cache)
             "trainer.export_hf=false",
         ]
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     train_acc = [r["reward/acc"] for r in rows[1:]]
     assert sum(train_acc[-3:]) / 3 > train_acc[0] + 0.1, train_acc
@@ -127,38 +102,21 @@ def test_killed_run_resumes_and_matches_the_uninterrupted_run(tmp_path, warmstar
     those of the uninterrupted run bit for bit (same rollouts from per-prompt seeds, same shards, optimizer,
     SFPO controller and loader position from the checkpoint)."""
     cmd = train_cmd(tmp_path, warmstart_cache, *SFPO_RUN)
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    checkpoint = tmp_path / "checkpoints" / "step_2" / "trainer_state.json"
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists():
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
-        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and every Ray process it started
-    first.wait()
+    kill_after_checkpoint(cmd, tmp_path)
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")][:3] == [0, 1, 2]
     # Normally step 2's; step 3's if this process was slow to notice (the comparison below holds either way).
     last, _ = CheckpointManager(tmp_path).latest()
 
-    second = run(cmd)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    second = finished(cmd)
     assert f"resumed from {last} at step {last.name.removeprefix('step_')}" in second.stdout
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # nothing lost, nothing logged twice
 
     ref_dir, _ = sfpo_run
     resumed, uninterrupted = rows[3], read_jsonl(ref_dir / "metrics.jsonl")[3]
-    deterministic = sorted(k for k in uninterrupted if not k.startswith(("timing/", "perf/", "sync/")))
-    assert len(deterministic) > 30
-    assert {k: resumed[k] for k in deterministic} == {k: uninterrupted[k] for k in deterministic}
+    assert_same_step(resumed, uninterrupted, min_keys=30)
     assert resumed["perf/rollouts"] == uninterrupted["perf/rollouts"] == 96
-    final, reference = (
-        load_file(tmp_path / "final_model" / "model.safetensors"),
-        load_file(ref_dir / "final_model" / "model.safetensors"),
-    )
-    assert final.keys() == reference.keys()
-    assert all(torch.equal(final[k], reference[k]) for k in final)
+    assert_same_weights(tmp_path, ref_dir)
 
 
 @pytest.mark.parametrize(

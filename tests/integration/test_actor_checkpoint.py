@@ -7,13 +7,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import ray
 import torch
 from actor_helpers import actor_args, make_batch, perturbed, plain_log_probs, plain_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sfpo_rl.bench.full_state import FullStateActorWorker
-from sfpo_rl.controller import RayWorkerGroup, ResourcePool, WorkerError, init_ray
+from sfpo_rl.controller import RayWorkerGroup, ResourcePool, WorkerError
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +29,6 @@ CONFIG = dict(
     shuffle_mini_batches=True,
     entropy_coeff=0.001,
 )
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> bool:
-    started = not ray.is_initialized()
-    init_ray(num_cpus=8)
-    yield started
-    if started:
-        ray.shutdown()
 
 
 def _actor_group(model_dir, name: str) -> RayWorkerGroup:

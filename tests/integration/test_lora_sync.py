@@ -6,13 +6,12 @@ cannot serve goes as merged full weights instead. An engine's memory stays flat 
 from __future__ import annotations
 
 import pytest
-import ray
 import torch
 from actor_helpers import make_batch, sectioned
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sfpo_rl.controller import RayWorkerGroup, ResourcePool, init_ray
+from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
 from sfpo_rl.trainer.worker_groups import WorkerGroups
 from sfpo_rl.workers.actor_worker import ActorWorker
@@ -28,15 +27,6 @@ ACTOR = sectioned(
     dict(lr=3e-2, ppo_mini_batch_size=12, micro_batch_size_per_gpu=6, grad_clip=None, lora=LORA)
 )
 TEXTS = ["Compute 12 + 34 - 5.", "The answer is", "46 - 5 = 41.", "Compute", "\\boxed{", "x"]
-
-
-@pytest.fixture(scope="module")
-def ray_started():
-    started = not ray.is_initialized()
-    init_ray(num_cpus=8)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def prompts() -> Batch:
@@ -97,7 +87,7 @@ def assert_adapter_served(before, after, stats, model_dir, tmp_path) -> None:
     assert stats["sync/load_weights_mb"] < 0.2 * model_mb
 
 
-def test_split_engine_serves_the_synced_adapter(ray_started, tiny_model_dir, tmp_path):
+def test_split_engine_serves_the_synced_adapter(ray_local, tiny_model_dir, tmp_path):
     actor = RayWorkerGroup(ResourcePool([2], name="lora-actor"), ActorWorker, "actor", tiny_model_dir, ACTOR)
     rollout = RayWorkerGroup(
         ResourcePool([1], name="lora-rollout"), RolloutWorker, "rollout", tiny_model_dir, ROLLOUT, LORA
@@ -107,7 +97,7 @@ def test_split_engine_serves_the_synced_adapter(ray_started, tiny_model_dir, tmp
     assert_adapter_served(*train_sync_generate(groups, tiny_model_dir, tmp_path), tiny_model_dir, tmp_path)
 
 
-def test_colocated_engines_serve_the_synced_adapter(ray_started, tiny_model_dir, tmp_path):
+def test_colocated_engines_serve_the_synced_adapter(ray_local, tiny_model_dir, tmp_path):
     roles = {
         "actor": (ActorWorker, (tiny_model_dir, ACTOR)),
         "rollout": (ColocatedRolloutWorker, (tiny_model_dir, ROLLOUT), {"lora": LORA}),
@@ -117,7 +107,7 @@ def test_colocated_engines_serve_the_synced_adapter(ray_started, tiny_model_dir,
     assert_adapter_served(*train_sync_generate(groups, tiny_model_dir, tmp_path), tiny_model_dir, tmp_path)
 
 
-def test_an_adapter_vllm_cannot_serve_goes_as_merged_full_weights(ray_started, tiny_model_dir, tmp_path):
+def test_an_adapter_vllm_cannot_serve_goes_as_merged_full_weights(ray_local, tiny_model_dir, tmp_path):
     """Rank 600 is above vLLM's largest LoRA rank: the engine starts without LoRA and takes merged weights."""
     lora = {**LORA, "rank": 600}
     actor = RayWorkerGroup(

@@ -7,11 +7,10 @@ from the actor's exported weights generates: greedily and with seeded sampling, 
 from __future__ import annotations
 
 import pytest
-import ray
 import torch
 from actor_helpers import make_batch, sectioned
 
-from sfpo_rl.controller import RayWorkerGroup, ResourcePool, init_ray
+from sfpo_rl.controller import RayWorkerGroup, ResourcePool
 from sfpo_rl.protocol import Batch
 from sfpo_rl.tiny.model import build_model, save_pretrained
 from sfpo_rl.trainer.worker_groups import WorkerGroups
@@ -33,15 +32,6 @@ ROLLOUT = dict(
 )
 ACTOR = sectioned(dict(lr=1e-2, ppo_mini_batch_size=12, micro_batch_size_per_gpu=6, grad_clip=None))
 TEXTS = ["Compute 12 + 34 - 5.", "The answer is", "46 - 5 = 41.", "Compute", "\\boxed{", "x"]
-
-
-@pytest.fixture(scope="module")
-def ray_started():
-    started = not ray.is_initialized()
-    init_ray(num_cpus=8)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +103,7 @@ def sync_and_compare(groups: WorkerGroups, tiny_model_dir, export_dir, chunks: i
 
 
 def test_colocated_engines_take_the_actors_weights_from_their_own_process(
-    ray_started, tiny_model_dir, other_model_dir, tmp_path
+    ray_local, tiny_model_dir, other_model_dir, tmp_path
 ):
     roles = {
         "actor": (ActorWorker, (tiny_model_dir, ACTOR)),
@@ -126,7 +116,7 @@ def test_colocated_engines_take_the_actors_weights_from_their_own_process(
 
 
 def test_split_engines_receive_the_weights_bucket_by_bucket(
-    ray_started, tiny_model_dir, other_model_dir, tmp_path
+    ray_local, tiny_model_dir, other_model_dir, tmp_path
 ):
     actor = RayWorkerGroup(ResourcePool([2], name="sync-actor"), ActorWorker, "actor", tiny_model_dir, ACTOR)
     rollout = RayWorkerGroup(

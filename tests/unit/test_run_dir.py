@@ -123,6 +123,11 @@ def test_summary_reports_validation_accuracy_when_validated(tmp_path, capsys):
     assert "validation accuracy: 10.0% before -> 25.0% after (best 25.0%)" in capsys.readouterr().out
 
 
+def test_summary_says_when_the_first_validation_came_after_training_began(tmp_path, capsys):
+    print_summary(summary(tmp_path, 4, [(2, 0.1), (4, 0.25)]))  # trainer.val_before_train=false
+    assert "validation accuracy: 10.0% at step 2 -> 25.0% after (best 25.0%)" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ trainer state through a checkpoint
 
 

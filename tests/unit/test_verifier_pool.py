@@ -12,7 +12,7 @@ import time
 import pytest
 
 from sfpo_rl.rewards import RewardScorer
-from sfpo_rl.rewards.timeout import ERROR, OK
+from sfpo_rl.rewards.verifier_pool import ERROR, OK
 
 SLOW = textwrap.dedent(
     """

@@ -22,7 +22,7 @@ from sfpo_rl.rewards import (
     score_responses,
     verifier_name,
 )
-from sfpo_rl.rewards.timeout import ERROR, OK, TIMEOUT, score_with_timeout
+from sfpo_rl.rewards.verifier_pool import ERROR, OK, TIMEOUT, score_with_timeout
 
 # --- answer extraction -------------------------------------------------------------------------------------
 
