@@ -139,7 +139,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     files = RunDir(summary["run_dir"])
     switched = summary["sfpo_switched_off_after"]
     history = summary["val_history"]
-    first = "before" if history and history[0][0] == 0 else f"at step {history[0][0]}" if history else ""
+    first_step = history[0][0] if history else 0
+    first = "before" if first_step == 0 else f"at step {first_step}"
     lines = [
         f"done: {summary['steps']} steps, {summary['rollouts']} rollouts, {summary['train_seconds']:.0f} s of training",
         f"validation accuracy: {acc('val_acc_first')} {first} -> {acc('val_acc_last')} after "

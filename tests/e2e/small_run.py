@@ -45,16 +45,16 @@ def finished(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProces
 def kill_after_checkpoint(cmd: list[str], run_dir: Path, step: int = 2) -> None:
     """Start `cmd` and SIGKILL it (the driver and every Ray process it started) once step `step`'s checkpoint
     is complete."""
-    log = open(run_dir / "first.log", "w")
-    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     checkpoint = run_dir / "checkpoints" / f"step_{step}" / "trainer_state.json"
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists():
-        assert first.poll() is None, (run_dir / "first.log").read_text()[-4000:]
-        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    with open(run_dir / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists():
+            assert first.poll() is None, (run_dir / "first.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
 
 
 def assert_same_step(resumed: dict, uninterrupted: dict, min_keys: int) -> list[str]:

@@ -26,20 +26,20 @@ SFPO_ON_DAPO = [
 TIMEOUT_S = 1200  # the extra generation rounds
 
 
-def dapo(run_dir: Path, cache: Path, *overrides: str):
-    return run(train_cmd(run_dir, cache, *THREE_STEPS, *overrides), TIMEOUT_S)
+def dapo_cmd(run_dir: Path, cache: Path, *overrides: str) -> list[str]:
+    return train_cmd(run_dir, cache, *THREE_STEPS, *overrides)
 
 
 @pytest.fixture(scope="module")
 def dapo_run(tmp_path_factory, warmstart_cache):
     run_dir = tmp_path_factory.mktemp("dapo_run")
-    return run_dir, finished(train_cmd(run_dir, warmstart_cache, *THREE_STEPS, "algorithm=dapo"), TIMEOUT_S)
+    return run_dir, finished(dapo_cmd(run_dir, warmstart_cache, "algorithm=dapo"), TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def sfpo_dapo_run(tmp_path_factory, warmstart_cache):
     run_dir = tmp_path_factory.mktemp("sfpo_dapo_run")
-    return run_dir, finished(train_cmd(run_dir, warmstart_cache, *THREE_STEPS, *SFPO_ON_DAPO), TIMEOUT_S)
+    return run_dir, finished(dapo_cmd(run_dir, warmstart_cache, *SFPO_ON_DAPO), TIMEOUT_S)
 
 
 def test_dapo_trains_on_full_batches_of_groups_that_carry_signal(dapo_run):
@@ -81,11 +81,13 @@ def test_killed_sfpo_on_dapo_run_resumes_bit_exact(tmp_path, warmstart_cache, sf
     """Actor rank 1 is SIGKILLed as step 3 starts (after the step-2 checkpoint): the launch stops naming it.
     Run again, it resumes at step 2 and its step 3 and final weights equal the uninterrupted run's bit for bit:
     the loader position, extra rounds included, came back from the checkpoint."""
-    first = dapo(tmp_path, warmstart_cache, *SFPO_ON_DAPO, "faults.worker_kill=[3:actor:1]")
+    first = run(
+        dapo_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO, "faults.worker_kill=[3:actor:1]"), TIMEOUT_S
+    )
     assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-5000:]
     assert "actor worker rank 1" in first.stderr and "died" in first.stderr
     assert f"the last complete checkpoint is {tmp_path / 'checkpoints' / 'step_2'}" in first.stderr
-    second = dapo(tmp_path, warmstart_cache, *SFPO_ON_DAPO)
+    second = run(dapo_cmd(tmp_path, warmstart_cache, *SFPO_ON_DAPO), TIMEOUT_S)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     assert f"resumed from {tmp_path / 'checkpoints' / 'step_2'} at step 2" in second.stdout
     rows = read_jsonl(tmp_path / "metrics.jsonl")
