@@ -1,7 +1,8 @@
 """The study's analysis on synthetic curves with known answers: curves read from metrics.jsonl, interpolated
 first-reach costs, reach ratios and their bootstrap intervals, t / Welch intervals, drops, Fisher's exact test,
 the largest gap and the equivalence rule against hand-worked values; verdicts, best lrs, the decision rules of
-the stability study's files; and the first study's report reproduced from its committed curves."""
+the stability study's files; the first study's report reproduced from its committed curves, and every committed
+study report equal to the analysis of the curves beside it."""
 
 import json
 import math
@@ -570,3 +571,16 @@ def test_the_dapo_study_reports_its_decisions_and_zero_advantage_share(tmp_path)
     assert [w["mean"]["estimate"] for w in zero] == [pytest.approx(0.255), pytest.approx(0.405)]
     assert summary["step_metrics"][1]["cells"]["dapo@1e-4"]["count"]["steps"] == 0  # never 10 rounds
     assert "### Per step: share of the groups generated with zero advantage" in text
+
+
+@pytest.mark.parametrize(
+    "study_file",
+    ["results/dapo/study.yaml", *(f"results/stability/{s}.yaml" for s in ("pilot", "study", "confirm"))],
+)
+def test_every_committed_study_report_is_what_its_committed_curves_give(study_file, monkeypatch):
+    """The README quotes these reports: each must be the analysis of the curves committed beside it, unedited."""
+    monkeypatch.chdir(ROOT)  # the report names its study file relative to the working directory
+    study = load_study(study_file)
+    found = list(read_curves(study.out / "curves.json").values())
+    summary = summarize(study, found)
+    assert markdown(study, summary, found) == (study.out / f"{study.report_name}.md").read_text()
