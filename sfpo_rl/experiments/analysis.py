@@ -106,7 +106,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
     mean = float(x.mean())
     if len(x) < 2:
         return Interval(mean, math.nan, math.nan)
-    half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return Interval(mean, mean - half, mean + half)
 
 
@@ -121,7 +121,7 @@ def difference_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     if se == 0:
         return Interval(diff, diff, diff)
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, dof) * se
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof) * se)
     return Interval(diff, diff - half, diff + half)
 
 

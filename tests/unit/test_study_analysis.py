@@ -295,6 +295,7 @@ def test_stage_1_decides_stabilisation_by_the_protocols_rule(tmp_path):
     found = stage1_records({"grpo_x4": collapsing, "sfpo_k3_a0.8": steady, "grpo_x8": steady, "sfpo_k7_a0.5": steady,
                             "sfpo_k7_a0.2": [(70 + s, 1 + 0.5 * s) for s in range(5)]})  # fmt: skip
     summary = summarize(study, found)
+    json.dumps(summary)  # the report's JSON, rewritten after every run: no numpy scalars
     rows = summary["comparisons"][0]["rows"]
     k3 = rows["sfpo_k3_a0.8@1e-3"]
     assert k3["collapse"]["p"] == pytest.approx(2 / 252) and k3["drop"]["high"] < 0
