@@ -273,15 +273,16 @@ def main(argv: Sequence[str] | None = None, train: Train | None = None) -> int:
         return EXIT_BAD_INPUT
 
     def report(final: bool = False) -> None:
-        """Rewritten after each run; mixed runs stop only the final one (the runs under way go on)."""
+        """Rewritten after each run. Only the final one can stop the command: between runs, a report that
+        fails (mixed runs, or a fault in the analysis) is logged and the runs go on, since they hold the hours."""
         try:
             summary = write_report(
                 study, collect(study, runs, runs_dir, recorded), out_dir, args.allow_mixed_commits
             )
-        except MixedRunsError as exc:
+        except Exception as exc:
             if final:
                 raise
-            log(f"report not written: {exc}")
+            log(f"report not written ({type(exc).__name__}: {exc}); the runs go on")
             return
         if summary is not None:
             log(f"report: {out_dir / (study.report_name + '.md')} ({summary['provenance']['runs']} runs)")

@@ -179,6 +179,31 @@ def test_parallel_runs_go_n_at_a_time_in_plan_order(tmp_path):
     assert train.trained[:2] == ["grpo_lr1e-3_seed0", "sfpo_lr1e-3_seed0"]
 
 
+def test_a_report_that_fails_between_runs_does_not_stop_the_runs(tmp_path, monkeypatch, capsys):
+    write, calls = runner.write_report, []
+
+    def flaky(*args, **kwargs):  # the first report after a run fails, as Stage 1's did on a JSON type
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("not JSON serializable")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_report", flaky)
+    train = FakeTrainer()
+    assert runner.main([str(write_study(tmp_path))], train=train) == 0
+    assert len(train.trained) == 4
+    out = capsys.readouterr().out
+    assert "report not written (TypeError: not JSON serializable); the runs go on" in out
+    assert json.loads((tmp_path / "report/report.json").read_text())["provenance"]["runs"] == 4
+
+    def broken(*args, **kwargs):
+        raise TypeError("final")
+
+    monkeypatch.setattr(runner, "write_report", broken)
+    with pytest.raises(TypeError, match="final"):  # the final report is the answer: its fault is not hidden
+        runner.main([str(write_study(tmp_path))], train=FakeTrainer())
+
+
 def test_a_run_stopped_for_non_finite_training_is_a_collapsed_result_not_a_failure(tmp_path, capsys):
     path = write_study(tmp_path, collapse_at=10)
     train = FakeTrainer(halt={"sfpo_lr1e-3_seed1"})
