@@ -183,6 +183,21 @@ def test_the_stability_files_implement_the_protocol():
     assert confirm.decisions[0].rule == "equivalence" and confirm.decisions[0].margin == 5
 
 
+def test_the_follow_up_reuses_every_stage_1_run_and_adds_one_epoch_grpo():
+    """Stage 1's runs count as finished for the follow-up only if its arms keep Stage 1's names and overrides."""
+    stage1 = load_study(ROOT / "results/stability/study.yaml")
+    followup = load_study(ROOT / "results/stability/followup.yaml")
+    new = [r for r in plan(followup) if r.name not in {s.name for s in plan(stage1)}]
+    assert {r.name for r in new} == {f"grpo_lr{lr}_seed{s}" for s in range(5) for lr in ("1e-4", "3e-4")}
+    assert all(followup.arm(a.name).overrides == a.overrides for a in stage1.arms)
+    assert followup.arm("grpo").overrides == ("algorithm=grpo",) and followup.runs == stage1.runs
+    assert (followup.steps, followup.learning_rates, followup.collapse_at) == (
+        stage1.steps, stage1.learning_rates, stage1.collapse_at,
+    )  # fmt: skip
+    assert dict(followup.comparisons[0].pairs) == {a.name: "grpo" for a in stage1.arms}
+    assert followup.decisions[0].rule == "improves"
+
+
 def test_the_stage_1_file_is_complete_but_for_its_learning_rates(tmp_path):
     """Filled in with any lrs, Stage 1 is the protocol's 5 arms x 2 lrs x 5 seeds, switch-off off in every SFPO arm."""
     text = (ROOT / "results/stability/study.yaml").read_text()
