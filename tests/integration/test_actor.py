@@ -15,7 +15,6 @@ world-size scaling (11 fail).
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from pathlib import Path
@@ -44,6 +43,8 @@ from bound_audit import below
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fsdp_param_group
 
+from sfpo_rl.bench.memory import peak_rss_above_start
+from sfpo_rl.bench.ranks import EAGER_FREE_MALLOC_ENV
 from sfpo_rl.tiny.model import make_random_tiny_model
 from sfpo_rl.workers.actor import _SUM_KEYS, ActorConfig, FSDPActor, FSDPPolicy
 from sfpo_rl.workers.update_result import FastTrajectory
@@ -102,37 +103,10 @@ CONFIG_GSPO = {
     "clip_ratio_high": 0.1,
 }
 K, ALPHA = 2, 0.6
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4096", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
 
 
 def _local(batch, rank):
     return batch.split(WORLD)[rank]
-
-
-def _rss_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _peak_rss_above_start(fn) -> int:
-    """Peak resident memory of this process while fn runs, above the resident memory when it started.
-
-    Why not a tensor-allocation trace: torch's profiler misses the frees of FSDP2's gathered-parameter buffers
-    (FSDP2 frees them by resizing their storage to 0), so its running sum grows by a layer per all-gather while
-    the process's memory stays flat. The kernel's peak-RSS counter (VmHWM, reset through /proc/self/clear_refs)
-    sees physical memory whatever frees it. The job runs with glibc's mmap threshold at one page and heap
-    trimming on every free (MALLOC_ENV), so freed tensor memory goes back to the kernel at once instead of
-    staying in malloc's heap, where a later stage would reuse it unseen.
-    """
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    start = _rss_bytes("VmRSS:")
-    fn()
-    return _rss_bytes("VmHWM:") - start
 
 
 def _memory_job(rank: int, model_dir: str, batch) -> dict:
@@ -144,8 +118,8 @@ def _memory_job(rank: int, model_dir: str, batch) -> dict:
     actor.sfpo_update(local, K, ALPHA)
     peaks_update, peaks_sfpo = [], []
     for _ in range(2):
-        peaks_update.append(_peak_rss_above_start(lambda: actor.update(local)))
-        peaks_sfpo.append(_peak_rss_above_start(lambda: actor.sfpo_update(local, K, ALPHA)))
+        peaks_update.append(peak_rss_above_start(lambda: actor.update(local)))
+        peaks_sfpo.append(peak_rss_above_start(lambda: actor.sfpo_update(local, K, ALPHA)))
     shard_bytes = sum(p.to_local().numel() * p.to_local().element_size() for p in actor.params)
     full_bytes = sum(p.numel() * p.element_size() for p in actor.params)
     return {
@@ -301,7 +275,7 @@ def setup(tiny_model_dir, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("actor_results")
     start = time.perf_counter()
     args = (str(tiny_model_dir), batch, str(memory_dir), memory_batch, str(out_dir))
-    run_ranks(_job, *args, world_size=WORLD, env=MALLOC_ENV)
+    run_ranks(_job, *args, world_size=WORLD, env=EAGER_FREE_MALLOC_ENV)
     print(f"\n2-rank actor job: {time.perf_counter() - start:.1f} s")
     return batch, torch.load(out_dir / "results.pt", weights_only=False)
 
