@@ -7,6 +7,7 @@ study report equal to the analysis of the curves beside it."""
 import json
 import math
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -582,9 +583,23 @@ def test_the_dapo_study_reports_its_decisions_and_zero_advantage_share(tmp_path)
 
 @pytest.mark.parametrize(
     "study_file",
-    ["results/dapo/study.yaml", *(f"results/stability/{s}.yaml" for s in ("pilot", "study", "confirm"))],
+    [
+        "results/dapo/study.yaml",
+        *(f"results/stability/{s}.yaml" for s in ("pilot", "study", "confirm", "followup")),
+    ],
 )
 def test_every_committed_study_report_is_what_its_committed_curves_give(study_file):
     """The README quotes these reports: each must be the analysis of the curves committed beside it, unedited."""
     study, _, text = analysed(study_file)
     assert text == (ROOT / study.out / f"{study.report_name}.md").read_text()
+
+
+def test_readme_stability_tables_quote_the_committed_reports():
+    """Every interval in the README's stability tables is one the committed reports print, not a hand-typed one."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Stability: does the reposition")[1].split("\n### ")[0]
+    reports = "".join(p.read_text() for p in (ROOT / "results/stability").glob("*/*.md"))
+    rows = [line for line in section.splitlines() if line.startswith(("| 1e-4 |", "| 3e-4 |"))]
+    intervals = [i for row in rows for i in re.findall(r"-?\+?[\d.]+ \[[^\]]+\]", row)]
+    assert len(intervals) >= 40  # both comparison tables, every row
+    assert [i for i in intervals if i not in reports] == []
