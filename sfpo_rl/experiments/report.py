@@ -315,8 +315,8 @@ def _stabilises(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         )
         less_drop = fell["high"] < 0
         lower = final["high"] < 0
-        cells[key] = {"collapses_less": fewer, "loses_less": less_drop, "ends_lower": lower,
-                      "stabilises": (fewer or less_drop) and not lower}  # fmt: skip
+        cells[key] = {"baseline": row["baseline"], "collapses_less": fewer, "loses_less": less_drop,
+                      "ends_lower": lower, "stabilises": (fewer or less_drop) and not lower}  # fmt: skip
     return {
         "rule": "stabilises",
         "cells": cells,
@@ -636,18 +636,22 @@ def _decision_lines(decision: Mapping[str, Any]) -> list[str]:
             why = [w for w, on in (("collapses less often", c["collapses_less"]),
                                   ("loses less from its peak", c["loses_less"])) if on]  # fmt: skip
             lines.append(
-                f"- {key}: "
+                f"- {key} against {c['baseline']}: "
                 + (
                     "**stabilises** (" + " and ".join(why) + ", does not end lower)"
                     if c["stabilises"]
                     else "not shown to stabilise" + (" (ends lower)" if c["ends_lower"] else "")
                 )  # fmt: skip
             )
-        shown = decision["shown_at"]
+        # Several stabilises decisions (one per comparison) must say which baselines each is against.
+        against = ", ".join(dict.fromkeys(c["baseline"] for c in decision["cells"].values()))
+        shown = [f"{key} (against {decision['cells'][key]['baseline']})" for key in decision["shown_at"]]
         lines.append(
             f"- **The reposition is shown to stabilise aggressive steps at: {', '.join(shown)}.**"
             if shown
-            else "- **This study did not show that the reposition stabilises aggressive steps at any lr.**"
+            else "- **This study did not show that the reposition stabilises aggressive steps at any lr"
+            + (f" (against {against})" if against else "")
+            + ".**"
         )
         return lines
     if decision["rule"] == "improves":

@@ -311,8 +311,11 @@ def test_stage_1_decides_stabilisation_by_the_protocols_rule(tmp_path):
     k7_02 = decision["cells"]["sfpo_k7_a0.2@1e-3"]
     assert k7_02["ends_lower"] and not k7_02["stabilises"]  # ends 10 points lower
     assert decision["shown_at"] == ["sfpo_k3_a0.8@1e-3"]
-    assert "The reposition is shown to stabilise aggressive steps at: sfpo_k3_a0.8@1e-3" in markdown(
-        study, summary, found
+    text = markdown(study, summary, found)
+    assert "- sfpo_k7_a0.2@1e-3 against grpo_x8: not shown to stabilise (ends lower)" in text
+    assert (
+        "The reposition is shown to stabilise aggressive steps at: sfpo_k3_a0.8@1e-3 (against grpo_x4).**"
+        in text
     )
 
 
