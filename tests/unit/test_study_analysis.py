@@ -588,7 +588,7 @@ def test_the_dapo_study_reports_its_decisions_and_zero_advantage_share(tmp_path)
     "study_file",
     [
         "results/dapo/study.yaml",
-        *(f"results/stability/{s}.yaml" for s in ("pilot", "study", "confirm", "followup")),
+        *(f"results/stability/{s}.yaml" for s in ("pilot", "study", "confirm", "followup", "followup2")),
     ],
 )
 def test_every_committed_study_report_is_what_its_committed_curves_give(study_file):
