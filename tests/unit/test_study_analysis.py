@@ -604,5 +604,5 @@ def test_readme_stability_tables_quote_the_committed_reports():
     reports = "".join(p.read_text() for p in (ROOT / "results/stability").glob("*/*.md"))
     rows = [line for line in section.splitlines() if line.startswith(("| 1e-4 |", "| 3e-4 |"))]
     intervals = [i for row in rows for i in re.findall(r"-?\+?[\d.]+ \[[^\]]+\]", row)]
-    assert len(intervals) >= 40  # both comparison tables, every row
+    assert len(intervals) >= 40  # Stage 1's and both follow-ups' comparison tables, every row
     assert [i for i in intervals if i not in reports] == []
